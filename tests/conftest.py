@@ -1,0 +1,77 @@
+"""Shared fixtures: the golden conformance data and test photos live in ../shared beside the repo."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+GOLDEN = SHARED / "golden"
+IMAGES = SHARED / "images"
+TOKENIZER_CASES = ("tok_vq_legacy_tiny", "tok_vq_tiny", "tok_vae_tiny")
+GENERATOR_CASES = ("gen_vit_tiny", "gen_uvit_tiny")
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the golden data from ../shared are needed for this test")
+    return path
+
+
+@pytest.fixture(scope="session")
+def golden() -> Path:
+    return _need(GOLDEN)
+
+
+@pytest.fixture(scope="session")
+def images_dir() -> Path:
+    return _need(IMAGES)
+
+
+def make_hub_cache(cache: Path, repo_id: str, folder: Path, files: tuple[str, ...] | None = None) -> str:
+    """Lay out `folder`'s files as huggingface_hub's cache would hold `repo_id` at main.
+
+    Returns the fake commit hash. Used with HF_HUB_CACHE=cache and HF_HUB_OFFLINE=1, so
+    loading goes through huggingface_hub exactly as for a real download.
+    """
+    files = files or tuple(p.name for p in sorted(folder.iterdir()) if p.is_file())
+    repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    snap = repo_dir / "snapshots" / commit
+    snap.mkdir(parents=True, exist_ok=True)
+    (repo_dir / "blobs").mkdir(exist_ok=True)
+    for name in files:
+        data = (folder / name).read_bytes()
+        blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
+        if not blob.exists():
+            shutil.copyfile(folder / name, blob)
+        link = snap / name
+        if not link.exists():
+            link.symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    return commit
+
+
+@pytest.fixture()
+def hub_cache(tmp_path, monkeypatch, golden):
+    """An offline Hub cache holding every golden case as repo `golden/<case>`."""
+    cache = tmp_path / "hf_cache"
+    for case in TOKENIZER_CASES + GENERATOR_CASES:
+        make_hub_cache(cache, f"golden/{case}", golden / case, ("config.json", "model.safetensors"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache), raising=False)
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True, raising=False)
+    return cache
+
+
+def load_meta(case_dir: Path) -> dict:
+    return json.loads((case_dir / "meta.json").read_text())

@@ -1,0 +1,279 @@
+"""Typed model configs, and the official nested config.json as a file format only.
+
+The official checkpoints store their training config (an OmegaConf dump) next to the
+weights. We read the few keys that decide the architecture into frozen dataclasses and
+never pass the nested dict around.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+# name -> (width, layers, heads); "tiny" exists only for conformance tests.
+VIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (64, 2, 4),
+    "small": (512, 8, 8),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+}
+
+GUIDANCE_DECAYS = ("constant", "linear", "power-cosine")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Architecture of a TiTok tokenizer (encoder, quantizer, decoder, optional pixel decoder)."""
+
+    image_size: int = 256
+    num_latent_tokens: int = 32
+    token_size: int = 12
+    codebook_size: int | None = 4096  # None for VAE models
+    use_l2_norm: bool = True
+    quantize_mode: str = "vq"  # "vq" or "vae"
+    is_legacy: bool = True
+    finetune_decoder: bool = True  # two-stage: proxy codes -> MaskGIT-VQGAN pixel decoder
+    vit_enc_model_size: str = "large"
+    vit_dec_model_size: str = "large"
+    vit_enc_patch_size: int = 16
+    vit_dec_patch_size: int = 16
+    pixel_hidden_channels: int = 128
+    commitment_cost: float = 0.25
+
+    def __post_init__(self) -> None:
+        for key in ("vit_enc_model_size", "vit_dec_model_size"):
+            if getattr(self, key) not in VIT_SIZES:
+                raise ConfigError(
+                    f"{key} {getattr(self, key)!r} is not one of {', '.join(VIT_SIZES)}"
+                )
+        if self.quantize_mode not in ("vq", "vae"):
+            raise ConfigError(f"quantize_mode {self.quantize_mode!r} is not 'vq' or 'vae'")
+        if self.quantize_mode == "vq" and not self.codebook_size:
+            raise ConfigError("a VQ tokenizer needs model.vq_model.codebook_size")
+        for key in ("vit_enc_patch_size", "vit_dec_patch_size"):
+            if self.image_size % getattr(self, key):
+                raise ConfigError(
+                    f"image size {self.image_size} is not a multiple of {key} {getattr(self, key)}"
+                )
+        if self.finetune_decoder and self.image_size // self.vit_dec_patch_size * 16 != self.image_size:
+            raise ConfigError("two-stage decoding needs a decoder patch size of 16 (x16 pixel decoder)")
+
+    @property
+    def is_vae(self) -> bool:
+        return self.quantize_mode == "vae"
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.vit_enc_patch_size
+
+    @property
+    def dec_grid_size(self) -> int:
+        return self.image_size // self.vit_dec_patch_size
+
+    def to_official(self) -> dict[str, Any]:
+        """The nested config.json layout the official code reads."""
+        vq = {k: v for k, v in asdict(self).items() if k != "image_size"}
+        if self.is_vae:
+            vq.pop("codebook_size")
+        return {"model": {"vq_model": vq}, "dataset": {"preprocessing": {"crop_size": self.image_size}}}
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Architecture of a MaskGIT generator over TiTok tokens, plus its sampling defaults."""
+
+    model_type: str = "ViT"  # "ViT" (BERT-style, post-norm) or "UViT"
+    codebook_size: int = 4096  # V; id V is the mask token
+    image_seq_len: int = 32  # K
+    condition_num_classes: int = 1000
+    hidden_size: int = 768
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    intermediate_size: int = 3072
+    dropout: float = 0.1
+    attn_drop: float = 0.1
+    class_label_dropout: float = 0.1
+    num_steps: int = 8
+    guidance_scale: float = 3.0
+    guidance_decay: str = "constant"
+    guidance_scale_pow: float = 3.0
+    randomize_temperature: float = 4.5
+    softmax_temperature_annealing: bool = False
+    image_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.model_type not in ("ViT", "UViT"):
+            raise ConfigError(f"generator model_type {self.model_type!r} is not 'ViT' or 'UViT'")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError("generator hidden_size is not a multiple of num_attention_heads")
+        if self.guidance_decay not in GUIDANCE_DECAYS:
+            raise ConfigError(f"guidance_decay {self.guidance_decay!r} is not one of {GUIDANCE_DECAYS}")
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.codebook_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.codebook_size + self.condition_num_classes + 2
+
+    @property
+    def drop_label_id(self) -> int:
+        return self.codebook_size + self.condition_num_classes + 1
+
+    def to_official(self) -> dict[str, Any]:
+        gen = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("codebook_size", "image_size", "guidance_scale_pow", "softmax_temperature_annealing")
+        }
+        return {
+            "model": {
+                "vq_model": {"codebook_size": self.codebook_size, "num_latent_tokens": self.image_seq_len},
+                "generator": gen,
+            },
+            "dataset": {"preprocessing": {"crop_size": self.image_size}},
+        }
+
+
+_REF = re.compile(r"\$\{([^}]+)\}")
+
+
+def resolve_interpolations(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Resolve OmegaConf-style `${a.b.c}` strings against the same document.
+
+    The official config.json files keep such references unresolved (for example
+    `image_seq_len: "${model.vq_model.num_latent_tokens}"`).
+    """
+
+    def lookup(path: str, seen: tuple[str, ...]) -> Any:
+        if path in seen:
+            raise ConfigError(f"config.json: circular reference ${{{path}}}")
+        node: Any = doc
+        for part in path.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                raise ConfigError(f"config.json: reference ${{{path}}} points to nothing")
+            node = node[part]
+        return resolve(node, seen + (path,))
+
+    def resolve(node: Any, seen: tuple[str, ...]) -> Any:
+        if isinstance(node, Mapping):
+            return {k: resolve(v, seen) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v, seen) for v in node]
+        if isinstance(node, str):
+            whole = _REF.fullmatch(node.strip())
+            if whole:
+                return lookup(whole.group(1).strip(), seen)
+            return _REF.sub(lambda m: str(lookup(m.group(1).strip(), seen)), node)
+        return node
+
+    return resolve(doc, ())
+
+
+def _section(doc: Mapping[str, Any], *path: str) -> dict[str, Any]:
+    node: Any = doc
+    for part in path:
+        node = node.get(part) if isinstance(node, Mapping) else None
+        if node is None:
+            return {}
+    if not isinstance(node, Mapping):
+        raise ConfigError(f"config.json: {'.'.join(path)} is not a mapping")
+    return dict(node)
+
+
+def _typed(cls: type, values: Mapping[str, Any]) -> Any:
+    """Build a dataclass from known keys, checking simple types (int/float/bool/str)."""
+    kwargs: dict[str, Any] = {}
+    for f in cls.__dataclass_fields__.values():  # type: ignore[attr-defined]
+        if f.name not in values or values[f.name] is None:
+            continue
+        value = values[f.name]
+        default = f.default
+        try:
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise TypeError
+            elif isinstance(default, int) or f.name == "codebook_size":
+                if isinstance(value, bool) or float(value) != int(float(value)):
+                    raise TypeError
+                value = int(value)
+            elif isinstance(default, float):
+                value = float(value)
+            elif isinstance(default, str):
+                value = str(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config.json: {f.name} = {value!r} has the wrong type") from None
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def has_tokenizer(doc: Mapping[str, Any]) -> bool:
+    vq = _section(doc, "model", "vq_model")
+    return "vit_enc_model_size" in vq or "token_size" in vq
+
+
+def has_generator(doc: Mapping[str, Any]) -> bool:
+    return bool(_section(doc, "model", "generator"))
+
+
+def tokenizer_config_from_dict(doc: Mapping[str, Any]) -> TokenizerConfig:
+    """Read the official nested config (model.vq_model + dataset.preprocessing.crop_size)."""
+    doc = resolve_interpolations(doc)
+    vq = _section(doc, "model", "vq_model")
+    if not vq:
+        raise ConfigError("config.json has no model.vq_model section: not a TiTok tokenizer config")
+    crop = _section(doc, "dataset", "preprocessing").get("crop_size", 256)
+    if vq.get("quantize_mode") == "vae":
+        vq["codebook_size"] = None  # continuous latents: no codebook
+    return _typed(TokenizerConfig, {**vq, "image_size": crop})
+
+
+def generator_config_from_dict(doc: Mapping[str, Any]) -> GeneratorConfig:
+    """Read the official nested config (model.generator + model.vq_model.codebook_size)."""
+    doc = resolve_interpolations(doc)
+    gen = _section(doc, "model", "generator")
+    if not gen:
+        raise ConfigError("config.json has no model.generator section: not a TiTok generator config")
+    vq = _section(doc, "model", "vq_model")
+    values = dict(gen)
+    if "codebook_size" in vq:
+        values["codebook_size"] = vq["codebook_size"]
+    if "image_seq_len" not in values and "num_latent_tokens" in vq:
+        values["image_seq_len"] = vq["num_latent_tokens"]
+    values["image_size"] = _section(doc, "dataset", "preprocessing").get("crop_size", 256)
+    return _typed(GeneratorConfig, values)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Load config.json with errors that name the file."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a JSON object at the top level")
+    return doc
+
+
+__all__ = [
+    "VIT_SIZES",
+    "TokenizerConfig",
+    "GeneratorConfig",
+    "resolve_interpolations",
+    "tokenizer_config_from_dict",
+    "generator_config_from_dict",
+    "read_config_file",
+    "has_tokenizer",
+    "has_generator",
+    "replace",
+    "field",
+]

@@ -1,0 +1,1 @@
+"""TiTok networks: image -> encoder -> quantizer -> decoder -> pixel decoder, and the generators."""

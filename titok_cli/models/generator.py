@@ -1,0 +1,325 @@
+"""Class-conditional MaskGIT generators over TiTok token ids.
+
+Token space (V = codebook size, N = number of classes), shared by both architectures:
+    0 .. V-1         image tokens
+    V                the mask token
+    V+1 .. V+N       class c is V+1+c (the condition token, prepended to the K image tokens)
+    V+N+1            "no class": the unconditional branch of classifier-free guidance
+
+Two architectures, as in the official release:
+  * BertGenerator ("ViT"): a BERT encoder (post-norm, LayerNorm eps 1e-12, token-type row 0),
+    keys `model.embeddings.*`, `model.encoder.layer.{i}.*`, `model.lm_head.*`.
+  * UViTGenerator ("UViT"): pre-norm blocks with long skips, keys `embeddings`, `pos_embed`,
+    `in_blocks`, `mid_block`, `out_blocks`, `norm`, `lm_head`.
+Dropout is omitted: this is an inference library and dropout is inactive in eval mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import GeneratorConfig, generator_config_from_dict
+
+
+class TiTokGenerator(nn.Module):
+    """Common interface: logits for partially masked ids, and MaskGIT sampling."""
+
+    config: GeneratorConfig
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | GeneratorConfig) -> "TiTokGenerator":
+        """Build with random weights from the official nested config dict (no I/O)."""
+        if not isinstance(cfg, GeneratorConfig):
+            cfg = generator_config_from_dict(cfg)
+        model_cls = BertGenerator if cfg.model_type == "ViT" else UViTGenerator
+        if cls is not TiTokGenerator and not issubclass(model_cls, cls):
+            raise TypeError(f"{cls.__name__} cannot build model_type {cfg.model_type!r}")
+        return model_cls(cfg)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def num_tokens(self) -> int:
+        return self.config.image_seq_len
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    def condition_tokens(self, classes: torch.Tensor, drop_class: bool) -> torch.Tensor:
+        """Class ids [B] -> condition token ids [B] (the drop label when `drop_class`)."""
+        classes = classes.to(self.device).long()
+        if drop_class:
+            return torch.full_like(classes, self.config.drop_label_id)
+        return classes + (self.config.codebook_size + 1)
+
+    def forward_tokens(self, ids: torch.Tensor, cond_tokens: torch.Tensor) -> torch.Tensor:
+        """ids [B,K] (may hold the mask id) + condition tokens [B] -> logits [B,K,V] (model dtype)."""
+        seq = torch.cat([cond_tokens.view(-1, 1), ids], dim=1)  # (B, 1+K)
+        return self.backbone(seq)  # (B, K, V)
+
+    def backbone(self, seq: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def logits(self, ids: torch.Tensor, classes: torch.Tensor, drop_class: bool = False) -> torch.Tensor:
+        """Official forward with cond_drop_prob 0 (or 1 when `drop_class`) -> float32 [B,K,V]."""
+        ids = ids.to(self.device).long()
+        if ids.dim() != 2 or ids.shape[1] != self.num_tokens:
+            raise ValueError(f"ids must be [B,{self.num_tokens}], got {list(ids.shape)}")
+        return self.forward_tokens(ids, self.condition_tokens(classes, drop_class)).float()
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        classes: torch.Tensor,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        guidance_decay: str | None = None,
+        guidance_scale_pow: float | None = None,
+        randomize_temperature: float | None = None,
+        softmax_temperature_annealing: bool | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Class ids [B] -> int64 token ids [B,K]; unset arguments take the config's defaults."""
+        from ..sampling import SamplingParams, maskgit_generate
+
+        c = self.config
+        params = SamplingParams(
+            num_steps=c.num_steps if num_steps is None else num_steps,
+            guidance_scale=c.guidance_scale if guidance_scale is None else guidance_scale,
+            guidance_decay=c.guidance_decay if guidance_decay is None else guidance_decay,
+            guidance_scale_pow=c.guidance_scale_pow if guidance_scale_pow is None else guidance_scale_pow,
+            randomize_temperature=(
+                c.randomize_temperature if randomize_temperature is None else randomize_temperature
+            ),
+            softmax_temperature_annealing=(
+                c.softmax_temperature_annealing
+                if softmax_temperature_annealing is None
+                else softmax_temperature_annealing
+            ),
+        )
+        return maskgit_generate(self, classes, params, generator=generator)
+
+
+# ---------------------------------------------------------------------------------------
+# BERT-style generator (official model_type "ViT")
+# ---------------------------------------------------------------------------------------
+
+
+class BertEmbeddings(nn.Module):
+    """Word + absolute position + token-type(0) embeddings, then LayerNorm."""
+
+    def __init__(self, vocab: int, hidden: int, positions: int) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab, hidden)
+        self.position_embeddings = nn.Embedding(positions, hidden)
+        self.token_type_embeddings = nn.Embedding(2, hidden)
+        self.LayerNorm = nn.LayerNorm(hidden, eps=1e-12)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        n = seq.shape[1]
+        x = self.word_embeddings(seq)  # (B, L, H)
+        x = x + self.token_type_embeddings.weight[0] + self.position_embeddings.weight[:n]  # (B, L, H)
+        return self.LayerNorm(x)
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, h = x.shape
+        shape = (b, n, self.heads, h // self.heads)
+        q = self.query(x).view(shape).transpose(1, 2)  # (B, A, L, D)
+        k = self.key(x).view(shape).transpose(1, 2)  # (B, A, L, D)
+        v = self.value(x).view(shape).transpose(1, 2)  # (B, A, L, D)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, A, L, D)
+        return out.transpose(1, 2).reshape(b, n, h)  # (B, L, H)
+
+
+class BertResidualNorm(nn.Module):
+    """dense, then LayerNorm(out + residual): BERT's post-norm sublayer output."""
+
+    def __init__(self, d_in: int, hidden: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(d_in, hidden)
+        self.LayerNorm = nn.LayerNorm(hidden, eps=1e-12)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dense(x) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.self = BertSelfAttention(hidden, heads)
+        self.output = BertResidualNorm(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.self(x), x)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, hidden: int, inner: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden, inner)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.dense(x))
+
+
+class BertLayer(nn.Module):
+    """Post-norm transformer layer with BERT's module names."""
+
+    def __init__(self, hidden: int, heads: int, inner: int) -> None:
+        super().__init__()
+        self.attention = BertAttention(hidden, heads)
+        self.intermediate = BertIntermediate(hidden, inner)
+        self.output = BertResidualNorm(inner, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.attention(x)  # (B, L, H)
+        return self.output(self.intermediate(x), x)  # (B, L, H)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, layers: int, hidden: int, heads: int, inner: int) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(hidden, heads, inner) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layer:
+            x = layer(x)
+        return x
+
+
+class BertBackbone(nn.Module):
+    """BERT without pooler, plus the token head the official code attaches as `model.lm_head`."""
+
+    def __init__(self, c: GeneratorConfig) -> None:
+        super().__init__()
+        self.embeddings = BertEmbeddings(c.vocab_size, c.hidden_size, c.image_seq_len + 1)
+        self.encoder = BertEncoder(c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size)
+        self.lm_head = nn.Linear(c.hidden_size, c.codebook_size)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        x = self.encoder(self.embeddings(seq))  # (B, 1+K, H)
+        return self.lm_head(x[:, 1:])  # (B, K, V)
+
+
+class BertGenerator(TiTokGenerator):
+    """The official "ViT" generator (ImageBert): a BERT encoder under the `model.` prefix."""
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = BertBackbone(config)
+        _init_weights(self)
+        self.eval()
+
+    def backbone(self, seq: torch.Tensor) -> torch.Tensor:
+        return self.model(seq)
+
+
+# ---------------------------------------------------------------------------------------
+# UViT generator (official model_type "UViT")
+# ---------------------------------------------------------------------------------------
+
+
+class UViTAttention(nn.Module):
+    """qkv without bias, split (3, heads, head_dim); attention computed in float32 as officially."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).float()  # (3, B, A, L, D)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, A, L, D)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d).to(x.dtype))  # (B, L, H)
+
+
+class UViTMlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class UViTBlock(nn.Module):
+    """Pre-norm block; out-blocks first merge their long skip with skip_linear(cat(x, skip))."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, skip: bool = False) -> None:
+        super().__init__()
+        self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = UViTAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = UViTMlp(dim, hidden)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        if self.skip_linear is not None:
+            x = self.skip_linear(torch.cat([x, skip], dim=-1))  # (B, L, H)
+        x = x + self.attn(self.norm1(x))  # (B, L, H)
+        return x + self.mlp(self.norm2(x))  # (B, L, H)
+
+
+class UViTGenerator(TiTokGenerator):
+    """The official UViT generator (UViTBert): in-blocks, a mid-block, out-blocks with LIFO skips."""
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        self.config = config
+        h, heads, inner = config.hidden_size, config.num_attention_heads, config.intermediate_size
+        half = config.num_hidden_layers // 2
+        self.embeddings = nn.Embedding(config.vocab_size, h)
+        self.pos_embed = nn.Parameter(torch.zeros(1, config.image_seq_len + 1, h))
+        self.in_blocks = nn.ModuleList(UViTBlock(h, heads, inner) for _ in range(half))
+        self.mid_block = UViTBlock(h, heads, inner)
+        self.out_blocks = nn.ModuleList(UViTBlock(h, heads, inner, skip=True) for _ in range(half))
+        self.norm = nn.LayerNorm(h)
+        self.lm_head = nn.Linear(h, config.codebook_size)
+        _init_weights(self)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.eval()
+
+    def backbone(self, seq: torch.Tensor) -> torch.Tensor:
+        x = self.embeddings(seq) + self.pos_embed[:, : seq.shape[1]]  # (B, 1+K, H)
+        skips = []
+        for block in self.in_blocks:
+            x = block(x)
+            skips.append(x)
+        x = self.mid_block(x)
+        for block in self.out_blocks:
+            x = block(x, skips.pop())
+        return self.lm_head(self.norm(x)[:, 1:])  # (B, K, V)
+
+
+def _init_weights(model: nn.Module) -> None:
+    """Small random init (truncated normal 0.02) so an untrained model behaves sanely in benchmarks."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)) and m.weight.device.type != "meta":
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
