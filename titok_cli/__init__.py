@@ -28,11 +28,19 @@ from .errors import (
     UsageError,
 )
 from .config import GeneratorConfig, TokenizerConfig
-from .loading import load_generator, load_tokenizer
-from .models.generator import TiTokGenerator
-from .models.tokenizer import TiTokTokenizer, to_uint8
 from .registry import available_models
-from .sampling import SamplingParams
+
+# Names whose modules import torch (or Pillow) are loaded on first use, so that
+# `import titok_cli` (and `titok --help`) stays fast.
+_LAZY = {
+    "load_tokenizer": "loading",
+    "load_generator": "loading",
+    "TiTokGenerator": "models.generator",
+    "TiTokTokenizer": "models.tokenizer",
+    "to_uint8": "models.tokenizer",
+    "SamplingParams": "sampling",
+    "center_crop": "preprocess",
+}
 
 __all__ = [
     "__version__",
@@ -58,9 +66,15 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # preprocess is written separately and pulls in Pillow; load it on first use.
-    if name == "center_crop":
-        from .preprocess import center_crop
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'titok_cli' has no attribute {name!r}")
+    from importlib import import_module
 
-        return center_crop
-    raise AttributeError(f"module 'titok_cli' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -229,9 +229,8 @@ def tokenizer_config_from_dict(doc: Mapping[str, Any]) -> TokenizerConfig:
     if not vq:
         raise ConfigError("config.json has no model.vq_model section: not a TiTok tokenizer config")
     crop = _section(doc, "dataset", "preprocessing").get("crop_size", 256)
-    if vq.get("quantize_mode") == "vae":
-        vq["codebook_size"] = None  # continuous latents: no codebook
-    return _typed(TokenizerConfig, {**vq, "image_size": crop})
+    cfg = _typed(TokenizerConfig, {**vq, "image_size": crop})
+    return replace(cfg, codebook_size=None) if cfg.is_vae else cfg  # continuous latents: no codebook
 
 
 def generator_config_from_dict(doc: Mapping[str, Any]) -> GeneratorConfig:
