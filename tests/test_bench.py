@@ -1,0 +1,79 @@
+"""run_benchmark: the JSON contract the CLI and benchmarks/run.py rely on (fast, tiny models)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from titok_cli.bench import DEFAULT_MODELS, count_flops, build_models, matmul_peak_gflops, run_benchmark
+
+TASK_KEYS = {"images_per_s", "tokens_per_s", "latency_ms", "peak_memory_mb"}
+
+
+@pytest.fixture(scope="module")
+def tiny(golden):
+    return str(golden / "tok_vq_legacy_tiny"), str(golden / "gen_vit_tiny")
+
+
+def test_local_folders_load_real_weights(tiny):
+    tok, gen = tiny
+    r = run_benchmark(model=tok, generator=gen, device="cpu", batch_size=2, warmup=0, iters=1)
+    json.dumps(r)  # JSON-ready
+    assert r["weights"] == "pretrained"
+    assert r["device"] == "cpu" and r["dtype"] == "float32" and r["batch_size"] == 2
+    assert r["resolution"] == 64  # the model's own size wins; the note says so
+    assert "64x64" in r["note"]
+    assert r["tokenizer"]["num_parameters"] > 0 and r["generator"]["num_parameters"] > 0
+    for task in ("encode", "decode", "sample"):
+        assert TASK_KEYS <= set(r[task]), task
+        assert r[task]["images_per_s"] > 0
+        assert r[task]["tokens_per_s"] == pytest.approx(r[task]["images_per_s"] * 8)
+        assert r[task]["gflops_per_s"] > 0
+    assert "VmHWM" in r["peak_memory_kind"] or "ru_maxrss" in r["peak_memory_kind"]
+
+
+def test_without_generator_sample_is_none(tiny):
+    tok, _ = tiny
+    r = run_benchmark(model=tok, device="cpu", batch_size=1, warmup=0, iters=1, tasks=("encode", "sample"))
+    assert r["generator"] is None and r["sample"] is None and "decode" not in r
+    assert "sample not measured" in r["note"]
+
+
+def test_bfloat16_runs(tiny):
+    tok, gen = tiny
+    r = run_benchmark(model=tok, generator=gen, device="cpu", dtype="bf16", batch_size=2, warmup=0, iters=1)
+    assert r["dtype"] == "bfloat16"
+    assert all(r[t]["images_per_s"] > 0 for t in ("encode", "decode", "sample"))
+
+
+def test_registry_name_without_cache_uses_random_weights(tmp_path, monkeypatch):
+    import huggingface_hub.constants as c
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path), raising=False)
+    r = run_benchmark(model="titok-s128", device="cpu", batch_size=1, warmup=0, iters=1, tasks=("encode",))
+    assert r["weights"] == "random" and r["tokenizer"]["weights"] == "random"
+    assert "random weights" in r["note"] and r["resolution"] == 256
+    assert r["tokenizer"]["name"] == "titok-s128"
+
+
+def test_defaults_and_flops(tiny):
+    assert DEFAULT_MODELS == {256: "titok-l32", 512: "titok-l64-512"}
+    tok, gen, _ = build_models(model=tiny[0], generator=tiny[1])
+    flops = count_flops(tok, gen, ("encode", "decode", "sample"))
+    assert 0 < flops["encode"] < flops["decode"] < flops["sample"]
+
+
+def test_bad_arguments(tiny):
+    from titok_cli.errors import UsageError
+
+    with pytest.raises(UsageError):
+        run_benchmark(model=tiny[0], device="cpu", tasks=("train",))
+    with pytest.raises(UsageError):
+        run_benchmark(model=tiny[0], device="cpu", dtype="int3")
+
+
+def test_matmul_peak_is_positive():
+    assert matmul_peak_gflops("cpu", torch.float32, n=256, seconds=0.05) > 0

@@ -1,0 +1,430 @@
+"""Throughput of encode, decode and sample as a library function: `run_benchmark` returns a dict.
+
+Nothing here prints; `titok bench` and `benchmarks/run.py` format the result. Models come from
+the registry (real weights when they are already in the local Hugging Face cache, random
+weights of the same architecture otherwise, never a download), a local folder or a Hub id.
+
+Timing: `warmup` untimed calls, then `iters` timed calls; the median call is reported.
+Peak memory: on CUDA `torch.cuda.max_memory_allocated` (reset before each task); on the CPU
+the process's resident-set high-water mark (VmHWM in /proc/self/status, reset before each task
+through /proc/self/clear_refs), which includes the model weights. "peak_memory_kind" says which.
+FLOPs are counted once per model and task with torch's FlopCounterMode on meta-device copies
+(no real compute), so "gflops_per_s" is achieved multiply-add work (2 FLOPs each) per second.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import statistics
+import time
+from dataclasses import replace
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import registry
+from .devices import parse_dtype, pick_device
+from .errors import UsageError
+from .models.generator import TiTokGenerator
+from .models.tokenizer import TiTokTokenizer
+
+TASKS = ("encode", "decode", "sample")
+DEFAULT_MODELS = {256: "titok-l32", 512: "titok-l64-512"}
+
+
+# -- models ------------------------------------------------------------------------------
+
+
+def _in_hf_cache(repo: str, revision: str | None = None) -> bool:
+    """True when config.json and the weights of `repo` are in the local Hub cache (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+        return False
+    cfg = try_to_load_from_cache(repo, "config.json", revision=revision)
+    weights = [try_to_load_from_cache(repo, f, revision=revision) for f in ("model.safetensors", "pytorch_model.bin")]
+    return isinstance(cfg, str) and any(isinstance(w, str) for w in weights)
+
+
+def _registry_tokenizer(entry: registry.ModelEntry) -> tuple[TiTokTokenizer, str]:
+    if not entry.architecture_only and entry.repo and _in_hf_cache(entry.repo, entry.revision):
+        from .loading import load_tokenizer
+
+        return load_tokenizer(entry.name, device="cpu"), "pretrained"
+    return TiTokTokenizer.from_config(entry.config), "random"
+
+
+def _registry_generator(entry: registry.ModelEntry) -> tuple[TiTokGenerator, str]:
+    if not entry.architecture_only and entry.repo and _in_hf_cache(entry.repo, entry.revision):
+        from .loading import load_generator
+
+        return load_generator(entry.name, device="cpu"), "pretrained"
+    cfg = replace(entry.generator_config, **entry.sampling)  # the registry's sampling defaults
+    return TiTokGenerator.from_config(cfg), "random"
+
+
+def build_models(
+    resolution: int = 256, model: str | None = None, generator: str | None = None, with_generator: bool = True
+) -> tuple[TiTokTokenizer, TiTokGenerator | None, dict[str, Any]]:
+    """(tokenizer, generator or None, info) on the CPU in float32, as `run_benchmark` uses them."""
+    notes: list[str] = []
+    name = model or DEFAULT_MODELS.get(resolution)
+    if name is None:
+        raise UsageError(f"no default model at resolution {resolution}; pass a model (defaults: {DEFAULT_MODELS})")
+    entry = registry.find(name) if not os.path.exists(name) else None
+    gen: TiTokGenerator | None = None
+    gen_weights = None
+    gen_name = None
+    if entry is not None:
+        tok_entry = entry if entry.kind == "tokenizer" else registry.find(entry.tokenizer or "")
+        if tok_entry is None:
+            raise UsageError(f"{entry.name} is a generator without a paired tokenizer")
+        tok, tok_weights = _registry_tokenizer(tok_entry)
+        tok_name = tok_entry.name
+        if tok_entry.architecture_only:
+            notes.append(f"{tok_name} is architecture only (no public weights): random weights")
+        elif tok_weights == "random":
+            notes.append(f"{tok_entry.repo} is not in the local Hugging Face cache: random weights")
+        gen_entry = None
+        if generator is None and with_generator:
+            gen_entry = entry if entry.kind == "generator" else registry.find(tok_entry.generator or "")
+        if gen_entry is not None:
+            gen, gen_weights = _registry_generator(gen_entry)
+            gen_name = gen_entry.name
+            if gen_entry.architecture_only:
+                notes.append(f"{gen_name} is architecture only: random weights")
+            elif gen_weights == "random":
+                notes.append(f"{gen_entry.repo} is not in the local Hugging Face cache: random weights")
+    else:
+        from .loading import load_tokenizer
+
+        tok, tok_weights, tok_name = load_tokenizer(name, device="cpu"), "pretrained", name
+    if generator is not None and with_generator:
+        gen_entry = registry.find(generator) if not os.path.exists(generator) else None
+        if gen_entry is not None:
+            if gen_entry.kind != "generator":
+                gen_entry = registry.get(gen_entry.generator or generator)
+            gen, gen_weights = _registry_generator(gen_entry)
+            gen_name = gen_entry.name
+        else:
+            from .loading import load_generator
+
+            gen, gen_weights, gen_name = load_generator(generator, device="cpu"), "pretrained", generator
+    if gen is not None and (gen.codebook_size != tok.codebook_size or gen.num_tokens != tok.num_tokens):
+        notes.append(
+            f"generator {gen_name} makes {gen.num_tokens} ids of {gen.codebook_size} codes but the tokenizer "
+            f"takes {tok.num_tokens} of {tok.codebook_size}: sample not measured"
+        )
+        gen = None
+    if with_generator and gen is None and not any("generator" in n for n in notes):
+        notes.append(f"no generator paired with {tok_name}: sample not measured")
+    if tok.image_size != resolution:
+        notes.append(f"{tok_name} works at {tok.image_size}x{tok.image_size}, not the requested {resolution}")
+    weights = "pretrained" if tok_weights == "pretrained" and gen_weights in (None, "pretrained") else "random"
+    info = {
+        "tokenizer": {"name": tok_name, "num_parameters": _count(tok), "weights": tok_weights},
+        "generator": None if gen is None else {"name": gen_name, "num_parameters": _count(gen), "weights": gen_weights},
+        "weights": weights,
+        "notes": notes,
+    }
+    return tok, gen, info
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# -- measuring -----------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _vm_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            m = re.search(rf"^{field}:\s+(\d+)\s+kB", fh.read(), re.MULTILINE)
+        return int(m.group(1)) if m else None
+    except OSError:
+        return None
+
+
+class _PeakMemory:
+    """Peak memory of one task: CUDA allocator peak, or the process RSS high-water mark."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        if device.type == "cuda":
+            self.kind = "cuda max_memory_allocated"
+        elif _vm_kib("VmHWM") is not None:
+            self.kind = "process peak RSS (VmHWM, reset per task; includes weights)"
+        else:
+            import resource  # noqa: F401 - only the availability matters
+
+            self.kind = "process peak RSS (ru_maxrss since start; not resettable here)"
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+                fh.write("5")  # resets the resident-set high-water mark of this process
+        except OSError:
+            pass
+
+    def peak_mb(self) -> float | None:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        if self.device.type == "mps":
+            return None
+        hwm = _vm_kib("VmHWM")
+        if hwm is not None:
+            return hwm / 1024
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _time(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(max(1, iters)):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    b, h, n, d = query_shape
+    m = key_shape[-2]
+    return 2 * b * h * n * m * d + 2 * b * h * n * m * value_shape[-1]
+
+
+def _flop_mapping() -> dict:
+    ops = torch.ops.aten
+    mapping = {}
+    for name in ("_scaled_dot_product_flash_attention_for_cpu",):
+        op = getattr(ops, name, None)
+        if op is not None:
+            mapping[op] = _sdpa_flops
+    return mapping
+
+
+def count_flops(tok: TiTokTokenizer, gen: TiTokGenerator | None, tasks: Sequence[str]) -> dict[str, float | None]:
+    """FLOPs per image of each task, counted on meta-device copies (batch 1, no real compute)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    out: dict[str, float | None] = {}
+    try:
+        with torch.device("meta"):
+            mtok = TiTokTokenizer(tok.config)
+            mgen = type(gen)(gen.config) if gen is not None else None
+        for m in (mtok, mgen):
+            if m is not None:
+                m.requires_grad_(False)  # FlopCounterMode's module hooks trip over inference tensors
+    except Exception:  # noqa: BLE001 - FLOPs are optional extras
+        return {t: None for t in tasks}
+    s, k = tok.image_size, tok.num_tokens
+    c = tok.config.token_size
+
+    def latents() -> torch.Tensor:
+        if tok.is_vae:
+            return torch.zeros(1, c, 1, k, device="meta")
+        return mtok.quantize.lookup(torch.zeros(1, k, dtype=torch.long, device="meta"))
+
+    runs: dict[str, Callable[[], Any]] = {
+        "encode": lambda: mtok.encode(torch.zeros(1, 3, s, s, device="meta")),
+        "decode": lambda: mtok.decode_latents(latents()),
+    }
+    if mgen is not None:
+        runs["sample"] = lambda: (mgen.generate(torch.zeros(1, dtype=torch.long, device="meta")), mtok.decode_latents(latents()))
+    for task in tasks:
+        if task not in runs:
+            out[task] = None
+            continue
+        try:
+            with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=_flop_mapping()) as fc:
+                runs[task]()
+            out[task] = float(fc.get_total_flops())
+        except Exception:  # noqa: BLE001
+            out[task] = None
+    return out
+
+
+def _compile(tok: TiTokTokenizer, gen: TiTokGenerator | None) -> None:
+    """torch.compile the heavy submodules in place (state-dict keys unchanged)."""
+    for module in (tok.encoder, tok.decoder, getattr(tok, "pixel_decoder", None)):
+        if module is not None:
+            module.compile()
+    if gen is not None:
+        for name in ("model",):
+            if hasattr(gen, name):
+                getattr(gen, name).compile()
+        if not hasattr(gen, "model"):
+            gen.compile()
+
+
+def run_benchmark(
+    resolution: int = 256,
+    model: str | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    batch_size: int = 8,
+    compile: bool = False,  # noqa: A002 - the CLI flag's name
+    warmup: int = 1,
+    iters: int = 3,
+    tasks: Sequence[str] = TASKS,
+    generator: str | None = None,
+    seed: int = 0,
+    _models: tuple[TiTokTokenizer, TiTokGenerator | None, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Time encode / decode / sample for one configuration; returns a JSON-ready dict.
+
+    `model`: registry name (default titok-l32 at 256, titok-l64-512 at 512), local folder or Hub
+    id; `generator`: its generator when `model` is a folder or Hub id (registry tokenizers bring
+    their paired generator). Registry models whose weights are not in the local Hugging Face
+    cache, and the architecture-only presets, run with random weights ("weights": "random").
+    Sample = generator tokens with the registry's sampling defaults + decoding to pixels.
+    """
+    tasks = tuple(tasks)
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise UsageError(f"unknown task(s) {unknown}; choose from {TASKS}")
+    if batch_size < 1 or iters < 1 or warmup < 0:
+        raise UsageError("batch_size and iters must be at least 1, warmup at least 0")
+    dev = pick_device(device)
+    torch_dtype = parse_dtype(dtype)
+    tok, gen, info = _models if _models is not None else build_models(resolution, model, generator, "sample" in tasks)
+    notes = list(info["notes"])
+    flops = count_flops(tok, gen, tasks)
+    tok.to(device=dev, dtype=torch_dtype)
+    if gen is not None:
+        gen.to(device=dev, dtype=torch_dtype)
+    if compile:
+        _compile(tok, gen)
+        notes.append("torch.compile: compile time falls in the warmup calls")
+    b, s, k = batch_size, tok.image_size, tok.num_tokens
+    rng = torch.Generator(device="cpu").manual_seed(seed)
+    images = torch.rand(b, 3, s, s, generator=rng).to(dev)
+    if tok.is_vae:
+        codes = torch.randn(b, tok.config.token_size, k, generator=rng).to(dev)
+    else:
+        codes = torch.randint(0, int(tok.codebook_size or 1), (b, k), generator=rng).to(dev)
+    num_classes = gen.config.condition_num_classes if gen is not None else 1
+    classes = torch.randint(0, num_classes, (b,), generator=rng).to(dev)
+    sample_rng = torch.Generator(device=dev)
+
+    def sample() -> torch.Tensor:
+        sample_rng.manual_seed(seed)
+        return tok.decode(gen.generate(classes, generator=sample_rng))  # type: ignore[union-attr]
+
+    runs: dict[str, Callable[[], Any]] = {"encode": lambda: tok.encode(images), "decode": lambda: tok.decode(codes)}
+    if gen is not None:
+        runs["sample"] = sample
+    memory = _PeakMemory(dev)
+    result: dict[str, Any] = {
+        "device": str(dev),
+        "device_name": _device_name(dev),
+        "dtype": str(torch_dtype).replace("torch.", ""),
+        "resolution": s,
+        "batch_size": b,
+        "compile": bool(compile),
+        "weights": info["weights"],
+        "note": "",
+        "tokenizer": info["tokenizer"],
+        "generator": info["generator"],
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "timing": {"warmup": warmup, "iters": iters, "statistic": "median"},
+        "peak_memory_kind": memory.kind,
+    }
+    if gen is not None:
+        c = gen.config
+        result["sampling"] = {
+            "num_steps": c.num_steps, "guidance_scale": c.guidance_scale, "guidance_decay": c.guidance_decay,
+            "randomize_temperature": c.randomize_temperature,
+            "softmax_temperature_annealing": c.softmax_temperature_annealing,
+        }  # fmt: skip
+    for task in tasks:
+        if task not in runs:
+            result[task] = None
+            continue
+        memory.reset()
+        times = _time(runs[task], dev, warmup, iters)
+        latency = statistics.median(times)
+        per_s = b / latency
+        entry: dict[str, Any] = {
+            "images_per_s": per_s,
+            "tokens_per_s": per_s * k,
+            "latency_ms": latency * 1e3,
+            "latency_ms_all": [t * 1e3 for t in times],
+            "peak_memory_mb": memory.peak_mb(),
+        }
+        f = flops.get(task)
+        if f:
+            entry["gflop_per_image"] = f / 1e9
+            entry["gflops_per_s"] = f * per_s / 1e9
+        result[task] = entry
+    if info["weights"] == "random":
+        notes.append("random weights: speed is representative, outputs are not")
+    result["note"] = "; ".join(notes)
+    return result
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    if dev.type == "cpu":
+        return cpu_model()
+    return dev.type
+
+
+def cpu_model() -> str:
+    """The CPU model string from /proc/cpuinfo (or platform.processor())."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown cpu"
+
+
+def matmul_peak_gflops(
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, n: int | None = None, seconds: float = 2.0
+) -> float:
+    """Measured GEMM throughput (2*n^3 FLOPs per n x n matmul), the best of repeated runs."""
+    dev = torch.device(device)
+    n = n or (8192 if dev.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    bmat = torch.randn(n, n, device=dev, dtype=dtype)
+    out = torch.empty(n, n, device=dev, dtype=dtype)
+    torch.mm(a, bmat, out=out)
+    _sync(dev)
+    best = math.inf
+    deadline = time.perf_counter() + seconds
+    runs = 0
+    while runs < 3 or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        torch.mm(a, bmat, out=out)
+        _sync(dev)
+        best = min(best, time.perf_counter() - start)
+        runs += 1
+    return 2 * n**3 / best / 1e9
+
+
+__all__ = ["run_benchmark", "build_models", "count_flops", "matmul_peak_gflops", "cpu_model", "TASKS"]
