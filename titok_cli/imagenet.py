@@ -133,3 +133,12 @@ def resolve_class(value: str | int) -> int:
         listed = ", ".join(f"{spelled[c]!r} ({'/'.join(map(str, by_key[c]))})" for c in close)
         hint = f"; did you mean {listed}?"
     raise UsageError(f"unknown ImageNet class {value!r}{hint}")
+
+
+def class_from_wnid(wnid: str) -> int | None:
+    """ImageNet class id of a WordNet id folder name (`n02099601` -> 207), or None."""
+    table = _table()
+    try:
+        return table.wnids.index(wnid)
+    except ValueError:
+        return None

@@ -201,23 +201,31 @@ def load_image(
     except OSError as error:
         raise ImageError(name, _os_reason(error)) from error
     with fh:
-        try:
-            if os.fstat(fh.fileno()).st_size == 0:
-                raise ImageError(name, "empty file")
-            image = _decode(fh, name, exif_transpose)
-        except ImageError:
-            raise
-        except Image.DecompressionBombError as error:
-            raise ImageError(name, _bomb_reason(fh, error)) from error
-        except UnidentifiedImageError as error:
-            raise ImageError(name, "not an image (cannot identify format)") from error
-        except MemoryError as error:
-            raise ImageError(name, "not enough memory to decode image") from error
-        except _DECODE_ERRORS as error:
-            if isinstance(error, OSError) and error.errno is not None:
-                raise ImageError(name, _os_reason(error)) from error  # a real I/O failure mid-read
-            # Pillow reports decoder trouble as errno-less OSError, SyntaxError, EOFError, ...
-            raise ImageError(name, "truncated or corrupt image data") from error
+        return read_image(fh, name, size, exif_transpose)
+
+
+def read_image(fh: IO[bytes], name: str, size: int, exif_transpose: bool = False) -> Image.Image:
+    """`load_image` for an open binary stream (a tar member, bytes in memory); `name` labels errors."""
+    try:
+        fh.seek(0, os.SEEK_END)
+        empty = fh.tell() == 0
+        fh.seek(0)
+        if empty:
+            raise ImageError(name, "empty file")
+        image = _decode(fh, name, exif_transpose)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise ImageError(name, _bomb_reason(fh, error)) from error
+    except UnidentifiedImageError as error:
+        raise ImageError(name, "not an image (cannot identify format)") from error
+    except MemoryError as error:
+        raise ImageError(name, "not enough memory to decode image") from error
+    except _DECODE_ERRORS as error:
+        if isinstance(error, OSError) and error.errno is not None:
+            raise ImageError(name, _os_reason(error)) from error  # a real I/O failure mid-read
+        # Pillow reports decoder trouble as errno-less OSError, SyntaxError, EOFError, ...
+        raise ImageError(name, "truncated or corrupt image data") from error
     return center_crop(image, size)
 
 
