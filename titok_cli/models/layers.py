@@ -12,6 +12,31 @@ import torch.nn.functional as F
 from torch import nn
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class KeepsFloat32(nn.Module):
+    """A module whose float32 tensors ignore `.to(half)`, `.half()`, `.bfloat16()` (devices still move).
+
+    Half-precision conversions of the whole model are the standard PyTorch idiom; parts that must
+    stay exact (codebooks) or are numerically fragile subclass this. Dtypes listed in
+    `half_dtypes_allowed` (empty by default) are converted as usual.
+    """
+
+    half_dtypes_allowed: tuple[torch.dtype, ...] = ()
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        def convert(t: torch.Tensor) -> torch.Tensor:
+            if t.dtype != torch.float32:
+                return fn(t)
+            probe = fn(torch.empty(0, device=t.device))  # what `fn` does to a float32 tensor
+            if probe.dtype in HALF_DTYPES and probe.dtype not in self.half_dtypes_allowed:
+                return t.to(device=probe.device)
+            return fn(t)
+
+        return super()._apply(convert, recurse)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with nn.MultiheadAttention's parameter layout (q, k, v packed)."""
 

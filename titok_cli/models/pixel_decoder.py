@@ -2,6 +2,14 @@
 
 Used by the two-stage tokenizers: the TiTok decoder predicts a soft mixture over the
 1024 VQGAN codes for every grid cell, and this network paints the pixels.
+
+Precision: `model.to(torch.bfloat16)` converts this decoder too (measured: PSNR against float32
+about 37-38 dB on the golden tiny model with real photos and on full-size random weights, no
+NaN; bfloat16 keeps float32's exponent range, and GroupNorm accumulates in float32 inside
+PyTorch's kernels). float16 is refused here: its parameters stay float32 and it runs in float32,
+because float16 VQGAN decoders are known to overflow into NaN/inf. In bfloat16 the convolutions
+run channels-last (oneDNN/AMX on CPU, tensor cores on GPU), about twice as fast as NCHW bfloat16
+on our CPU; float32 stays NCHW, the exact path (channels-last measured no faster there).
 """
 
 from __future__ import annotations
@@ -9,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .layers import HALF_DTYPES, KeepsFloat32
 
 CHANNEL_MULT = (1, 1, 2, 2, 4)
 NUM_RES_BLOCKS = 2
@@ -59,8 +69,10 @@ class UpLevel(nn.Module):
         return x
 
 
-class PixelDecoder(nn.Module):
+class PixelDecoder(KeepsFloat32):
     """Code grid [B,256,g,g] -> image [B,3,16g,16g]; `up` is indexed by level and run 4..0."""
+
+    half_dtypes_allowed = (torch.bfloat16,)  # float16 stays float32 (overflow risk), see the module doc
 
     def __init__(self, hidden_channels: int = 128) -> None:
         super().__init__()
@@ -77,7 +89,21 @@ class PixelDecoder(nn.Module):
         self.norm_out = _norm(hidden_channels)
         self.conv_out = nn.Conv2d(hidden_channels, 3, 3, padding=1, bias=True)
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.conv_in.weight.dtype in HALF_DTYPES else torch.contiguous_format
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        super()._apply(fn, recurse)
+        fmt = self.memory_format
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and m.weight.device.type != "meta":
+                m.weight.data = m.weight.data.contiguous(memory_format=fmt)
+        return self
+
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """Any float codes in; runs in this decoder's parameter dtype; output in that dtype."""
+        codes = codes.to(dtype=self.conv_in.weight.dtype, memory_format=self.memory_format)
         x = self.conv_in(codes)  # (B, 4h, g, g)
         for block in self.mid:
             x = block(x)

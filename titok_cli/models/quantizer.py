@@ -6,9 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import KeepsFloat32
 
-class VectorQuantizer(nn.Module):
-    """Nearest-codebook-row lookup; distances always in float32 so half precision keeps the same ids."""
+
+class VectorQuantizer(KeepsFloat32):
+    """Nearest-codebook-row lookup; codebook and distances stay float32 when the model goes half precision."""
 
     def __init__(self, codebook_size: int, token_size: int, use_l2_norm: bool) -> None:
         super().__init__()

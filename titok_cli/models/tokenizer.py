@@ -12,12 +12,13 @@ from ..config import VIT_SIZES, TokenizerConfig, tokenizer_config_from_dict
 from ..errors import ConfigError, TokenFileError
 from .decoder import PROXY_CODEBOOK_SIZE, TiTokDecoder
 from .encoder import TiTokEncoder
+from .layers import KeepsFloat32
 from .pixel_decoder import Z_CHANNELS, PixelDecoder
 from .quantizer import VectorQuantizer, sample_posterior, split_posterior
 
 
-class ProxyCodebook(nn.Module):
-    """The MaskGIT-VQGAN codebook that turns proxy-code probabilities into a code grid."""
+class ProxyCodebook(KeepsFloat32):
+    """The MaskGIT-VQGAN codebook that turns proxy-code probabilities into a code grid (always float32)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -136,18 +137,17 @@ class TiTokTokenizer(nn.Module):
 
     def proxy_codes(self, logits: torch.Tensor) -> torch.Tensor:
         """Two-stage models: proxy logits [B,1024,g,g] -> soft VQGAN code grid [B,256,g,g]."""
-        probs = F.softmax(logits, dim=1)  # (B, 1024, g, g)
-        table = self.pixel_quantize.embedding.weight.to(probs.dtype)  # (1024, 256)
+        probs = F.softmax(logits.float(), dim=1)  # (B, 1024, g, g), float32 whatever the model dtype
+        table = self.pixel_quantize.embedding.weight.float()  # (1024, 256)
         return torch.einsum("nchw,cd->ndhw", probs, table)  # (B, 256, g, g)
 
     def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder input [B,C,1,K] -> raw pixels [B,3,S,S] float32 (not clamped)."""
         x = self.decoder(z.to(device=self.device, dtype=self.dtype))  # logits (B,1024,g,g) or pixels
         if self.config.finetune_decoder:
-            codes = self.proxy_codes(x)  # (B, 256, g, g)
-            pix_dtype = self.pixel_decoder.conv_in.weight.dtype
-            x = self.pixel_decoder(codes.to(pix_dtype))  # (B, 3, S, S)
-        return x.float()
+            codes = self.proxy_codes(x)  # (B, 256, g, g) float32
+            x = self.pixel_decoder(codes)  # (B, 3, S, S) in the pixel decoder's dtype
+        return x.float().contiguous()
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
