@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .errors import ImageError, TitokError
 from .imagenet import class_from_wnid
 from .preprocess import iter_image_files, load_image, read_image
-from .token_file import FORMAT, FORMAT_VERSION, atomic_path, manifest_path, model_header, token_dtype
+from .token_file import FORMAT, FORMAT_VERSION, atomic_path, manifest_path, model_header, token_dtype, zip_member
 
 Progress = Callable[[int, "int | None"], None]
 COMMIT_SECONDS = float(os.environ.get("TITOK_COMMIT_SECONDS", "2.0"))  # how much work a crash may lose
@@ -447,7 +447,7 @@ def _write_one(target, rows, n, dtype, row_shape, header, failures) -> bool:
                 mfh.write(json.dumps({"failed": name, "reason": reason}) + "\n")
         if target.suffix == ".npz":
             with zipfile.ZipFile(tmp_tokens, "w", allowZip64=True) as zf:
-                with open(npy_path, "rb") as src, zf.open("tokens.npy", "w", force_zip64=True) as dst:
+                with open(npy_path, "rb") as src, zip_member(zf, "tokens.npy") as dst:
                     shutil.copyfileobj(src, dst, 1 << 22)
                 _zip_array(zf, "names", np.asarray(names, dtype=np.str_))
                 if any(x >= 0 for x in labels):
@@ -457,7 +457,7 @@ def _write_one(target, rows, n, dtype, row_shape, header, failures) -> bool:
 
 
 def _zip_array(zf: zipfile.ZipFile, key: str, arr: np.ndarray) -> None:
-    with zf.open(f"{key}.npy", "w", force_zip64=True) as dst:
+    with zip_member(zf, f"{key}.npy") as dst:
         np.lib.format.write_array(dst, arr, allow_pickle=False)
 
 

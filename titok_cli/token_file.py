@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,3 +272,10 @@ def check_tokens_fit(tf: TokenFile, tokenizer: Any) -> None:
         lo, hi = int(np.min(t)), int(np.max(t))
         if lo < 0 or hi >= cfg.codebook_size:
             raise TokenFileError(f"{where}: token ids span {lo}..{hi}, outside the codebook 0..{cfg.codebook_size - 1}")
+
+
+def zip_member(zf: "zipfile.ZipFile", name: str):
+    """A writable .npz member with a fixed timestamp, so equal content gives equal bytes."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.external_attr = 0o644 << 16
+    return zf.open(info, "w", force_zip64=True)
