@@ -1,0 +1,61 @@
+"""`titok bench`: figures for people, valid JSON for machines, and an honest word about random weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from titok_cli.cli.app import app
+
+FAST = ("--device", "cpu", "-b", "2", "--warmup", "0", "--iters", "1")
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    monkeypatch.delenv("TITOK_DEBUG", raising=False)
+
+
+def test_table_on_tiny_golden_models(golden):
+    result = run("bench", "--model", golden / "tok_vq_legacy_tiny", "--generator", golden / "gen_vit_tiny", *FAST)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "images/s" in out and "tokens/s" in out and "peak memory" in out
+    for task in ("encode", "decode", "sample"):
+        row = next(line for line in out.splitlines() if f" {task} " in line)
+        assert any(ch.isdigit() for ch in row)
+    assert "64x64 pixels, batch 2, float32 on cpu" in out and "pretrained weights" in out
+    assert "RANDOM" not in out
+    assert "not the requested" not in result.stderr  # --model without --resolution: the model's own size
+
+
+def test_json_is_valid(golden):
+    result = run("bench", "--model", golden / "tok_vae_tiny", "--task", "encode", "--task", "decode", "--json", *FAST)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["weights"] == "pretrained" and data["device"] == "cpu" and data["resolution"] == 64
+    for task in ("encode", "decode"):
+        assert data[task]["images_per_s"] > 0 and data[task]["tokens_per_s"] > 0 and data[task]["latency_ms"] > 0
+    assert data.get("sample") is None
+    assert data["tokenizer"]["num_parameters"] > 0
+
+
+def test_random_weights_are_announced(hub_cache):
+    # titok-s128 (84M parameters) is not in the offline cache: random weights, encode only to stay quick
+    result = run("bench", "--model", "titok-s128", "--task", "encode", "--device", "cpu", "-b", "1",
+                 "--warmup", "0", "--iters", "1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "RANDOM WEIGHTS" in result.stdout and "random weights" in result.stdout
+    assert "not in the local Hugging Face cache" in result.stderr
+
+
+def test_bad_flags(golden):
+    bad = run("bench", "--resolution", "300")
+    assert bad.exit_code == 2 and "256 or 512" in bad.stderr
+    task = run("bench", "--task", "train", "--model", golden / "tok_vq_tiny")
+    assert task.exit_code == 2 and "encode, decode, sample" in task.stderr

@@ -1,0 +1,57 @@
+"""The `titok` command: this file only registers the commands (one module per command)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import bench, decode, download, encode, models, sample
+from .common import guarded
+
+app = typer.Typer(
+    name="titok",
+    help=(
+        "TiTok, the 1-D image tokenizer: a 256x256 image in 32 tokens and back, and class-conditional "
+        "generation.\n\n"
+        "Example:  titok encode photos/ -o tokens.npy && titok decode tokens.npy -o decoded/"
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    add_completion=False,
+    pretty_exceptions_enable=False,  # TITOK_DEBUG=1 shows a plain Python traceback
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+for name, command in (
+    ("models", models.models),
+    ("download", download.download),
+    ("encode", encode.encode),
+    ("decode", decode.decode),
+    ("sample", sample.sample),
+    ("bench", bench.bench),
+):
+    app.command(name)(guarded(command))
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from titok_cli import __version__
+
+        typer.echo(f"titok-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    # The app's help text is set on typer.Typer above; this callback only adds --version.
+    return None
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="titok")

@@ -1,0 +1,112 @@
+"""`titok encode`: image files and folders -> one token file (.npy/.npz) plus its manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import (
+    BatchOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    QuietOpt,
+    check_output_file,
+    device_and_dtype,
+    err_console,
+    note,
+    plural,
+    print_json,
+    progress_bar,
+    say,
+)
+
+
+def encode(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(metavar="INPUT", help="Image files and/or folders (searched recursively, in sorted order), "
+                       "or webdataset .tar shards.", show_default=False),
+    ],  # fmt: skip
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Token file to write: .npy (ids only) or .npz (ids + names).",
+                           show_default=False)
+    ],  # fmt: skip
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Tokenizer: registry name, Hub repo id (owner/name[@rev]) or folder.")
+    ] = "titok-l32",
+    batch_size: BatchOpt = 16,
+    workers: Annotated[
+        int, typer.Option("--workers", "-j", min=0, help="Processes that decode and crop images (0: in this process).")
+    ] = 0,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad file and write nothing.")] = False,
+    exif_transpose: Annotated[
+        bool,
+        typer.Option("--exif-transpose", help="Apply EXIF orientation first (the official pipeline ignores it)."),
+    ] = False,
+    shard_size: Annotated[
+        int | None,
+        typer.Option("--shard-size", min=1, help="Rows per output file: OUT-000000.npy, OUT-000001.npy, ..."),
+    ] = None,
+    quiet: QuietOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Encode images into TiTok tokens: one row per image, in sorted path order.
+
+    Each image gets the official center crop to the model's resolution. VQ models give integer
+    ids [N,K] (smallest unsigned dtype that fits the codebook), VAE models float latents
+    [N,C,K]. A manifest OUT.manifest.jsonl beside the file records each row's source path, the
+    model and the files that failed. Bad files are reported and skipped (exit code 1).
+    Output appears only when the run is complete; an interrupted run resumes when the same
+    command is repeated. Under torchrun every rank takes a share and rank 0 writes the file.
+
+    Example:  titok encode photos/ extra.jpg -o tokens.npy --model titok-l32
+    """
+    check_output_file(output, (".npy", ".npz"), "output")
+    from titok_cli.encode_job import dist_info, encode_files, rank_device
+
+    dev, dt = device_and_dtype(rank_device(device), dtype)
+    rank, _ = dist_info()
+
+    from titok_cli import load_tokenizer
+
+    tok = load_tokenizer(model, device=dev, dtype=dt)
+    with progress_bar("encoding", None, quiet or json_output or rank != 0) as update:
+        result = encode_files(
+            inputs, output, tok, batch_size=batch_size, workers=workers, strict=strict,
+            exif_transpose=exif_transpose, progress=update, shard_size=shard_size,
+        )  # fmt: skip
+    if rank != 0:
+        return  # rank 0 reports for everyone
+
+    written = getattr(result, "written", result.count > 0)
+    outputs = [str(p) for p in (getattr(result, "outputs", None) or [result.output])] if written else []
+    err = err_console()
+    for path, reason in result.failures:
+        err.print(f"{path}: {reason}", markup=False, highlight=False, soft_wrap=True)
+    resumed = getattr(result, "resumed_from", 0)
+    if json_output:
+        print_json({
+            "output": str(result.output) if written else None, "outputs": outputs,
+            "manifest": str(result.manifest) if written else None,
+            "count": result.count, "tokens_per_image": tok.num_tokens, "resumed_from": resumed,
+            "model": tok.source.describe(),  # type: ignore[attr-defined]
+            "failed": [{"path": p, "reason": r} for p, r in result.failures],
+        })  # fmt: skip
+    else:
+        if resumed:
+            note(f"resumed: {resumed} inputs had been done by an interrupted run", quiet)
+        shape = f"{tok.config.token_size}x{tok.num_tokens} latents" if tok.is_vae else f"{tok.num_tokens} tokens"
+        if not outputs:
+            target = "nothing written"
+        elif len(outputs) == 1:
+            target = outputs[0]
+        else:
+            target = f"{outputs[0]} .. {outputs[-1]} ({len(outputs)} files)"
+        say(f"{plural(result.count, 'image')} -> {target} ({shape} each), {len(result.failures)} failed", quiet)
+    if result.failures:
+        raise typer.Exit(1)
