@@ -5,6 +5,8 @@ the registry (real weights when they are already in the local Hugging Face cache
 weights of the same architecture otherwise, never a download), a local folder or a Hub id.
 
 Timing: `warmup` untimed calls, then `iters` timed calls; the median call is reported.
+On the CPU each task also reports its process CPU time and "images_per_s_from_cpu_time"
+(batch x threads / CPU seconds), which other processes' load does not distort.
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` (reset before each task); on the CPU
 the process's resident-set high-water mark (VmHWM in /proc/self/status, reset before each task
 through /proc/self/clear_refs), which includes the model weights. "peak_memory_kind" says which.
@@ -31,6 +33,7 @@ from .models.generator import TiTokGenerator
 from .models.tokenizer import TiTokTokenizer
 
 TASKS = ("encode", "decode", "sample")
+EXTRA_TASKS = ("generate",)  # generator tokens only, no decoding (the official generator figures)
 DEFAULT_MODELS = {256: "titok-l32", 512: "titok-l64-512"}
 
 
@@ -192,17 +195,19 @@ class _PeakMemory:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _time(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> list[float]:
+def _time(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and process CPU seconds of each timed call."""
     for _ in range(warmup):
         fn()
     _sync(device)
-    times = []
+    times, cpu = [], []
     for _ in range(max(1, iters)):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return times
+        cpu.append(time.process_time() - start_cpu)
+    return times, cpu
 
 
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -248,7 +253,8 @@ def count_flops(tok: TiTokTokenizer, gen: TiTokGenerator | None, tasks: Sequence
         "decode": lambda: mtok.decode_latents(latents()),
     }
     if mgen is not None:
-        runs["sample"] = lambda: (mgen.generate(torch.zeros(1, dtype=torch.long, device="meta")), mtok.decode_latents(latents()))
+        runs["generate"] = lambda: mgen.generate(torch.zeros(1, dtype=torch.long, device="meta"))
+        runs["sample"] = lambda: (runs["generate"](), mtok.decode_latents(latents()))
     for task in tasks:
         if task not in runs:
             out[task] = None
@@ -298,14 +304,16 @@ def run_benchmark(
     Sample = generator tokens with the registry's sampling defaults + decoding to pixels.
     """
     tasks = tuple(tasks)
-    unknown = [t for t in tasks if t not in TASKS]
+    unknown = [t for t in tasks if t not in TASKS + EXTRA_TASKS]
     if unknown:
-        raise UsageError(f"unknown task(s) {unknown}; choose from {TASKS}")
+        raise UsageError(f"unknown task(s) {unknown}; choose from {TASKS + EXTRA_TASKS}")
     if batch_size < 1 or iters < 1 or warmup < 0:
         raise UsageError("batch_size and iters must be at least 1, warmup at least 0")
     dev = pick_device(device)
     torch_dtype = parse_dtype(dtype)
-    tok, gen, info = _models if _models is not None else build_models(resolution, model, generator, "sample" in tasks)
+    tok, gen, info = _models if _models is not None else build_models(
+        resolution, model, generator, "sample" in tasks or "generate" in tasks
+    )
     notes = list(info["notes"])
     flops = count_flops(tok, gen, tasks)
     tok.to(device=dev, dtype=torch_dtype)
@@ -325,13 +333,17 @@ def run_benchmark(
     classes = torch.randint(0, num_classes, (b,), generator=rng).to(dev)
     sample_rng = torch.Generator(device=dev)
 
-    def sample() -> torch.Tensor:
+    def generate() -> torch.Tensor:
         sample_rng.manual_seed(seed)
-        return tok.decode(gen.generate(classes, generator=sample_rng))  # type: ignore[union-attr]
+        return gen.generate(classes, generator=sample_rng)  # type: ignore[union-attr]
+
+    def sample() -> torch.Tensor:
+        return tok.decode(generate())
 
     runs: dict[str, Callable[[], Any]] = {"encode": lambda: tok.encode(images), "decode": lambda: tok.decode(codes)}
     if gen is not None:
         runs["sample"] = sample
+        runs["generate"] = generate
     memory = _PeakMemory(dev)
     result: dict[str, Any] = {
         "device": str(dev),
@@ -361,7 +373,7 @@ def run_benchmark(
             result[task] = None
             continue
         memory.reset()
-        times = _time(runs[task], dev, warmup, iters)
+        times, cpu_times = _time(runs[task], dev, warmup, iters)
         latency = statistics.median(times)
         per_s = b / latency
         entry: dict[str, Any] = {
@@ -370,7 +382,12 @@ def run_benchmark(
             "latency_ms": latency * 1e3,
             "latency_ms_all": [t * 1e3 for t in times],
             "peak_memory_mb": memory.peak_mb(),
+            "cpu_time_ms": statistics.median(cpu_times) * 1e3,
         }
+        if dev.type == "cpu":
+            # Throughput had the process owned its threads' cores: immune to other processes' load,
+            # pessimistic by any spin-waiting the thread pool does (counted as CPU time).
+            entry["images_per_s_from_cpu_time"] = b * torch.get_num_threads() / max(statistics.median(cpu_times), 1e-9)
         f = flops.get(task)
         if f:
             entry["gflop_per_image"] = f / 1e9

@@ -1,0 +1,368 @@
+"""One-shot benchmark of our inference paths; writes benchmarks/results/<machine>.json.
+
+    python benchmarks/run.py                    # CPU plan: S-128 and L-32, batch 1 and 8
+    python benchmarks/run.py --batches 1 8 32   # add batch 32
+    python benchmarks/run.py --device cuda      # GPU plan: every 256 preset + the 512 architectures,
+                                                # batch 1/8/32, sampling at batch 125, fp32/bf16/fp16
+
+Measured per preset and batch: encode / decode / sample images/s (sample = generator tokens with the
+registry's sampling defaults + decoding to pixels), peak memory, achieved GFLOP/s and its share of
+the measured matmul peak; and, for half precision, agreement with float32 on the photos in
+../shared/images (token agreement, PSNR between decodes, NaN count). Weights are the real ones
+when they are in the local Hugging Face cache, random otherwise (then agreement is indicative only).
+The file is rewritten after every measurement, so an interrupted run keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import gc
+import json
+import math
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from titok_cli.bench import build_models, cpu_model, matmul_peak_gflops, run_benchmark  # noqa: E402
+from titok_cli.devices import parse_dtype  # noqa: E402
+
+IMAGES = ROOT.parent / "shared" / "images"
+
+# Official implementation on the same CPU machine type (issue 4): float32, 2 threads, random weights.
+OFFICIAL_CPU = {
+    "titok-s128": {"batch": 8, "encode": 6.9, "decode": 0.67},
+    "titok-l32": {"batch": 4, "encode": 0.87, "decode": 0.39, "generate_b8": 0.87, "generate_b32": 0.98},
+    "titok-bl64-vq": {"batch": 4, "encode": 2.56, "decode": 0.79},
+}
+PAPER_A100 = {"titok-l32": 101.6, "titok-b64": 89.8, "titok-s128": 53.3, "titok-l64-512": 41.0, "titok-b128-512": 33.3}
+
+CPU_PLAN = {
+    "presets": ["titok-s128", "titok-l32"],
+    "dtypes": ["float32", "bfloat16"],
+    # (tasks at every batch, batches for sample, batches for generate-only)
+    "sample_batches": {"titok-s128": [1], "titok-l32": [1, 8]},  # S-128 samples 64 steps: ~10 TFLOP/image
+    "generate_batches": {"titok-l32": [8]},
+    "compile": [("titok-s128", 8, ("encode", "decode"))],
+}
+GPU_PLAN = {
+    "presets": ["titok-l32", "titok-b64", "titok-s128", "titok-bl64-vq", "titok-bl128-vq", "titok-sl256-vq",
+                "titok-ll32-vae", "titok-bl64-vae", "titok-bl128-vae", "titok-l64-512", "titok-b128-512"],
+    "dtypes": ["float32", "bfloat16", "float16"],
+    "sample_batches": {"titok-l32": [125], "titok-b64": [125], "titok-s128": [125],
+                       "titok-l64-512": [125], "titok-b128-512": [125]},
+    "generate_batches": {"titok-l32": [125]},
+    "compile": [("titok-l32", 125, ("sample",))],
+}  # fmt: skip
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": device.type,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+        info["cpu_flags"] = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma")))
+    except (OSError, StopIteration):
+        pass
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        info.update(gpu=p.name, gpu_memory_gb=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version())  # fmt: skip
+    return info
+
+
+def machine_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda-{slug(torch.cuda.get_device_name(device))}"
+    return f"cpu-{slug(cpu_model())}-{torch.get_num_threads()}threads"
+
+
+def load_avg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = ((a.clamp(0, 1) - b.clamp(0, 1)) ** 2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def photos(size: int) -> torch.Tensor | None:
+    from titok_cli.preprocess import load_image, to_tensor
+
+    if not IMAGES.is_dir():
+        return None
+    paths = sorted(p for p in IMAGES.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    return to_tensor([load_image(p, size) for p in paths]) if paths else None
+
+
+def agreement(tok32, tok_half, device: torch.device, chunk: int) -> dict:
+    """Half vs float32 on the real photos: token agreement, PSNR of decodes of the same tokens, NaNs."""
+    x = photos(tok32.image_size)
+    if x is None:
+        return {"skipped": f"no photos in {IMAGES}"}
+    out: dict = {"images": int(x.shape[0])}
+    a, b, pa, pb = [], [], [], []
+    for i in range(0, x.shape[0], chunk):
+        xi = x[i : i + chunk].to(device)
+        ca, cb = tok32.encode(xi), tok_half.encode(xi)
+        a.append(ca.cpu()), b.append(cb.cpu())
+        pa.append(tok32.decode(ca).cpu()), pb.append(tok_half.decode(ca).cpu())
+    ca, cb, xa, xb = torch.cat(a), torch.cat(b), torch.cat(pa), torch.cat(pb)
+    if tok32.is_vae:
+        out["latent_max_rel_error"] = ((ca - cb).abs().max() / ca.abs().max()).item()
+    else:
+        out["token_agreement"] = (ca == cb).float().mean().item()
+    out["decode_psnr_db"] = psnr(xb, xa)
+    out["nan_count"] = int(xb.isnan().sum().item() + (cb.isnan().sum().item() if cb.is_floating_point() else 0))
+    return out
+
+
+class Recorder:
+    def __init__(self, path: Path, header: dict) -> None:
+        self.path, self.data = path, {**header, "runs": [], "agreement": [], "errors": []}
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str) + "\n")
+        tmp.replace(self.path)
+
+
+def matmul_now(device: torch.device, seconds: float = 1.0) -> dict:
+    """A short float32 GEMM check right before a run: shows how much of the machine we had then."""
+    n = 2048 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    times = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < 3 or time.perf_counter() < deadline:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return {"best": round(2 * n**3 / times[0] / 1e9, 1), "median": round(2 * n**3 / times[len(times) // 2] / 1e9, 1)}
+
+
+def matmul_peak_from_cpu_time(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    """CPU GEMM GFLOP/s as threads x work / process CPU time: what the cores do when we own them."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    cpu = []
+    for _ in range(reps):
+        t0 = time.process_time()
+        torch.mm(a, b)
+        cpu.append(time.process_time() - t0)
+    cpu.sort()
+    return 2 * n**3 * torch.get_num_threads() / cpu[len(cpu) // 2] / 1e9
+
+
+def summarize(run: dict, peaks: dict, cpu_peaks: dict | None = None) -> dict:
+    row = {k: run[k] for k in ("model", "dtype", "batch_size", "compile")}
+    row["fp32_gemm_gflops_just_before"] = run.get("fp32_gemm_just_before")
+    row["load_average"] = run.get("load_average")
+    for task in ("encode", "decode", "sample", "generate"):
+        r = run.get(task)
+        if not r:
+            continue
+        row[f"{task}_images_per_s"] = round(r["images_per_s"], 4)
+        if "images_per_s_from_cpu_time" in r:
+            row[f"{task}_images_per_s_from_cpu_time"] = round(r["images_per_s_from_cpu_time"], 4)
+        row[f"{task}_peak_memory_mb"] = None if r["peak_memory_mb"] is None else round(r["peak_memory_mb"], 1)
+        if r.get("gflops_per_s"):
+            row[f"{task}_gflops_per_s"] = round(r["gflops_per_s"], 1)
+            peak = peaks.get(run["dtype"]) or peaks["float32"]
+            row[f"{task}_share_of_matmul_peak"] = round(r["gflops_per_s"] / peak, 3)
+            if "images_per_s_from_cpu_time" in r:
+                g = r["gflop_per_image"] * r["images_per_s_from_cpu_time"]
+                cpu_peak = (cpu_peaks or {}).get(run["dtype"]) or (cpu_peaks or {}).get("float32") or peak
+                row[f"{task}_gflops_per_s_from_cpu_time"] = round(g, 1)
+                row[f"{task}_share_of_matmul_peak_from_cpu_time"] = round(g / cpu_peak, 3)
+    return row
+
+
+def markdown(path: Path) -> str:
+    """The README table of a results file."""
+    data = json.loads(path.read_text())
+    lines = ["| model | dtype | batch | compile | encode img/s | decode img/s | sample img/s | generate seq/s | "
+             "encode / decode share of matmul peak |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in data.get("table", []):
+        def cell(task: str) -> str:
+            v = row.get(f"{task}_images_per_s")
+            c = row.get(f"{task}_images_per_s_from_cpu_time")
+            if v is None:
+                return ""
+            return f"{v:.3g}" + (f" ({c:.3g})" if c is not None else "")
+
+        shares = "/".join(
+            f"{row[k]:.0%}" for k in ("encode_share_of_matmul_peak_from_cpu_time", "decode_share_of_matmul_peak_from_cpu_time")
+            if row.get(k) is not None
+        ) or "/".join(f"{row[k]:.0%}" for k in ("encode_share_of_matmul_peak", "decode_share_of_matmul_peak") if row.get(k) is not None)
+        lines.append(f"| {row['model']} | {row['dtype']} | {row['batch_size']} | {'yes' if row['compile'] else ''} | "
+                     f"{cell('encode')} | {cell('decode')} | {cell('sample')} | {cell('generate')} | {shares} |")
+    lines += ["", "| model | dtype | photos | token agreement | decode PSNR dB | NaN |", "|---|---|---|---|---|---|"]
+    for a in data.get("agreement", []):
+        agree = a.get("token_agreement", a.get("latent_max_rel_error"))
+        lines.append(f"| {a['model']} | {a['dtype']} | {a.get('images')} | {agree if agree is None else round(agree, 4)} | "
+                     f"{a.get('decode_psnr_db', float('nan')):.1f} | {a.get('nan_count')} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--batches", type=int, nargs="+", default=None, help="encode/decode batch sizes")
+    ap.add_argument("--presets", nargs="+", default=None)
+    ap.add_argument("--dtypes", nargs="+", default=None)
+    ap.add_argument("--iters", type=int, default=None)
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--markdown", type=Path, default=None, help="print the README tables of a results file and exit")
+    args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(args.markdown))
+        return 0
+
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    plan = GPU_PLAN if gpu else CPU_PLAN
+    presets = args.presets or plan["presets"]
+    dtypes = args.dtypes or plan["dtypes"]
+    batches = args.batches or ([1, 8, 32] if gpu else [1, 8])
+    iters = args.iters or (5 if gpu else 2)
+    warmup = 2 if gpu else 1
+    if gpu:
+        torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 (the exact path)
+        torch.backends.cudnn.allow_tf32 = False
+
+    started = time.time()
+    out = args.out or ROOT / "benchmarks" / "results" / f"{machine_name(device)}.json"
+    rec = Recorder(out, {"machine": machine_info(device), "load_average_start": load_avg()})
+    rec.data["official_cpu_float32"] = OFFICIAL_CPU
+    rec.data["paper_a100_float32_samples_per_s"] = PAPER_A100
+    peaks = {name: matmul_peak_gflops(device, parse_dtype(name), seconds=3.0) for name in dtypes}
+    rec.data["matmul_peak_gflops"] = peaks
+    cpu_peaks = {} if gpu else {name: matmul_peak_from_cpu_time(parse_dtype(name)) for name in dtypes}
+    rec.data["matmul_peak_gflops_from_cpu_time"] = cpu_peaks
+    rec.data["settings"] = {"batches": batches, "iters": iters, "warmup": warmup, "statistic": "median",
+                            "tf32": False if gpu else None}  # fmt: skip
+    rec.save()
+    print(f"matmul peak GFLOP/s: {peaks}, from CPU time: {cpu_peaks}", flush=True)
+
+    for preset in presets:
+        try:
+            tok32, gen32, info = build_models(model=preset)
+        except Exception as exc:  # noqa: BLE001 - record and go on
+            rec.data["errors"].append({"model": preset, "error": repr(exc)})
+            rec.save()
+            continue
+        for dtype in dtypes:
+            tok, gen = (tok32, gen32) if dtype == "float32" else (copy.deepcopy(tok32), copy.deepcopy(gen32))
+            models = (tok, gen, info)
+            jobs = [(b, ("encode", "decode")) for b in batches]
+            jobs += [(b, ("sample",)) for b in plan["sample_batches"].get(preset, [])]
+            jobs += [(b, ("generate",)) for b in plan["generate_batches"].get(preset, [])]
+            for batch, tasks in jobs:
+                if gen is None and tasks != ("encode", "decode"):
+                    continue
+                heavy = tasks == ("sample",) and preset == "titok-s128" and not gpu
+                gemm = matmul_now(device)
+                t0 = time.time()
+                try:
+                    r = run_benchmark(model=preset, device=str(device), dtype=dtype, batch_size=batch,
+                                      warmup=0 if heavy else warmup, iters=1 if heavy else iters,
+                                      tasks=tasks, _models=models)  # fmt: skip
+                except Exception as exc:  # noqa: BLE001 - e.g. out of memory at a large batch
+                    rec.data["errors"].append({"model": preset, "dtype": dtype, "batch": batch, "tasks": tasks,
+                                               "error": repr(exc)[:500]})  # fmt: skip
+                    if gpu:
+                        torch.cuda.empty_cache()
+                    rec.save()
+                    continue
+                r["model"] = preset
+                r["seconds"] = round(time.time() - t0, 1)
+                r["fp32_gemm_just_before"] = gemm
+                r["load_average"] = load_avg()
+                rec.data["runs"].append(r)
+                row = summarize(r, peaks, cpu_peaks)
+                rec.data.setdefault("table", []).append(row)
+                rec.save()
+                print(json.dumps(row), flush=True)
+            if dtype != "float32":
+                try:
+                    ag = agreement(tok32, tok, device, chunk=8)
+                except Exception as exc:  # noqa: BLE001
+                    ag = {"error": repr(exc)[:500]}
+                rec.data["agreement"].append({"model": preset, "dtype": dtype, "weights": info["weights"], **ag})
+                rec.save()
+                print(json.dumps(rec.data["agreement"][-1]), flush=True)
+                del tok, gen
+                gc.collect()
+        del tok32, gen32
+        gc.collect()
+        if gpu:
+            torch.cuda.empty_cache()
+
+    if not args.no_compile:
+        for preset, batch, tasks in plan["compile"]:
+            if preset not in presets:
+                continue
+            for dtype in dtypes[:2]:
+                t0 = time.time()
+                try:
+                    tok, gen, info = build_models(model=preset, with_generator="sample" in tasks)
+                    r = run_benchmark(model=preset, device=str(device), dtype=dtype, batch_size=batch, compile=True,
+                                      warmup=2, iters=iters, tasks=tasks, _models=(tok, gen, info))  # fmt: skip
+                except Exception as exc:  # noqa: BLE001 - compile may be unavailable (no compiler, ...)
+                    rec.data["errors"].append({"model": preset, "dtype": dtype, "compile": True,
+                                               "error": repr(exc)[:500]})  # fmt: skip
+                    rec.save()
+                    continue
+                r["model"] = preset
+                r["seconds"] = round(time.time() - t0, 1)
+                r["load_average"] = load_avg()
+                rec.data["runs"].append(r)
+                row = summarize(r, peaks, cpu_peaks)
+                rec.data.setdefault("table", []).append(row)
+                rec.save()
+                print(json.dumps(row), flush=True)
+                del tok, gen
+                gc.collect()
+
+    rec.data["load_average_end"] = load_avg()
+    rec.data["total_seconds"] = round(time.time() - started, 1)
+    rec.save()
+    print(f"wrote {out} in {rec.data['total_seconds']:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
