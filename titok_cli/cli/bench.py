@@ -11,8 +11,11 @@ from .common import BatchOpt, DeviceOpt, DtypeOpt, JsonOpt, QuietOpt, human_coun
 TASK_NAMES = ("encode", "decode", "sample")
 
 
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
+def _fmt(value: float | None) -> str:
+    """Three significant figures, thousands separated: 3,898 / 58.4 / 0.122."""
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 def render(result: dict[str, Any]) -> None:
@@ -38,8 +41,8 @@ def render(result: dict[str, Any]) -> None:
         row = result.get(task)
         if not row:
             continue
-        table.add_row(task, _fmt(row.get("images_per_s")), _fmt(row.get("tokens_per_s"), 0),
-                      _fmt(row.get("latency_ms")), _fmt(row.get("peak_memory_mb"), 0))  # fmt: skip
+        table.add_row(task, _fmt(row.get("images_per_s")), _fmt(row.get("tokens_per_s")),
+                      _fmt(row.get("latency_ms")), _fmt(row.get("peak_memory_mb")))  # fmt: skip
     console.print(table)
     if result.get("weights") == "random":
         console.print(
@@ -101,14 +104,14 @@ def bench(
         resolution=resolution, model=model, device=device, dtype=dtype, batch_size=batch_size,
         compile=compile_, warmup=warmup, iters=iters, tasks=tuple(tasks or TASK_NAMES), **kwargs,
     )  # fmt: skip
-    if json_output:
-        print_json(result)
-    else:
-        render(result)
     notes = [n for n in str(result.get("note") or "").split("; ") if n]
     if model is not None and not resolution_given:
         notes = [n for n in notes if "not the requested" not in n]  # the model's own size was wanted
-    if not json_output:
-        notes = [n for n in notes if not n.startswith("random weights:")]  # the table says it already
-    if notes and not quiet and not json_output:
+    result["note"] = "; ".join(notes)
+    if json_output:
+        print_json(result)
+        return
+    render(result)
+    notes = [n for n in notes if not n.startswith("random weights:")]  # the table says it already
+    if notes and not quiet:
         warn("; ".join(notes))
