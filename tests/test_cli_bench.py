@@ -58,4 +58,4 @@ def test_bad_flags(golden):
     bad = run("bench", "--resolution", "300")
     assert bad.exit_code == 2 and "256 or 512" in bad.stderr
     task = run("bench", "--task", "train", "--model", golden / "tok_vq_tiny")
-    assert task.exit_code == 2 and "encode, decode, sample" in task.stderr
+    assert task.exit_code == 2 and "encode, decode, sample, generate" in task.stderr

@@ -8,7 +8,8 @@ import typer
 
 from .common import BatchOpt, DeviceOpt, DtypeOpt, JsonOpt, QuietOpt, human_count, out_console, print_json, warn
 
-TASK_NAMES = ("encode", "decode", "sample")
+TASK_NAMES = ("encode", "decode", "sample", "generate")  # table order; "generate" = tokens without decoding
+DEFAULT_TASKS = ("encode", "decode", "sample")
 
 
 def _fmt(value: float | None) -> str:
@@ -73,7 +74,9 @@ def bench(
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed calls per task.")] = 1,
     iters: Annotated[int, typer.Option("--iters", min=1, help="Timed calls per task (the median is reported).")] = 3,
     tasks: Annotated[
-        list[str] | None, typer.Option("--task", help="encode, decode or sample; repeatable [default: all three].")
+        list[str] | None,
+        typer.Option("--task", help="encode, decode, sample (generate + decode) or generate (tokens only); "
+                     "repeatable [default: encode, decode, sample]."),
     ] = None,
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
@@ -102,7 +105,7 @@ def bench(
         kwargs["generator"] = generator
     result = run_benchmark(
         resolution=resolution, model=model, device=device, dtype=dtype, batch_size=batch_size,
-        compile=compile_, warmup=warmup, iters=iters, tasks=tuple(tasks or TASK_NAMES), **kwargs,
+        compile=compile_, warmup=warmup, iters=iters, tasks=tuple(tasks or DEFAULT_TASKS), **kwargs,
     )  # fmt: skip
     notes = [n for n in str(result.get("note") or "").split("; ") if n]
     if model is not None and not resolution_given:
