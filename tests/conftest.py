@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
-import pytest
+# No test may touch the network or the user's own Hugging Face cache: set both before
+# huggingface_hub is imported (it reads them once). Subprocesses inherit them.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="titok-test-hf-cache-")
+atexit.register(shutil.rmtree, os.environ["HF_HUB_CACHE"], True)
+os.environ.pop("HF_TOKEN", None)
+
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
