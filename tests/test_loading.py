@@ -204,3 +204,11 @@ def test_generator_name_of_tokenizer_preset_selects_pair():
     with pytest.raises(HubError) as info:
         resolve("titok-l32", "generator")
     assert "generator_titok_l32_imagenet" in str(info.value)
+
+
+def test_offline_local_dir_copies_from_cache(golden, hub_cache, tmp_path):
+    from titok_cli.hub import hub_file
+
+    path = hub_file("golden/tok_vq_tiny", "model.safetensors", local_dir=str(tmp_path / "dl"))
+    assert path == tmp_path / "dl" / "model.safetensors"
+    assert path.read_bytes() == (golden / "tok_vq_tiny" / "model.safetensors").read_bytes()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shutil
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,17 @@ def hub_file(repo: str, filename: str, revision: str | None = None, local_dir: s
 
     where = f"{repo}/{filename}" + (f"@{revision}" if revision else "")
     try:
-        return Path(hf_hub_download(repo, filename, revision=revision, local_dir=local_dir))
+        try:
+            return Path(hf_hub_download(repo, filename, revision=revision, local_dir=local_dir))
+        except LocalEntryNotFoundError:
+            if local_dir is None:
+                raise
+            # Offline with --local-dir: huggingface_hub does not look in its cache then; we do.
+            cached = Path(hf_hub_download(repo, filename, revision=revision))
+            target = Path(local_dir) / filename
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(cached, target)
+            return target
     except GatedRepoError:
         raise HubError(f"{where}: the repository is gated; log in or set HF_TOKEN") from None
     except RepositoryNotFoundError:
