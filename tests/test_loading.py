@@ -212,3 +212,22 @@ def test_offline_local_dir_copies_from_cache(golden, hub_cache, tmp_path):
     path = hub_file("golden/tok_vq_tiny", "model.safetensors", local_dir=str(tmp_path / "dl"))
     assert path == tmp_path / "dl" / "model.safetensors"
     assert path.read_bytes() == (golden / "tok_vq_tiny" / "model.safetensors").read_bytes()
+
+
+def test_bert_position_ids_buffer_is_ignored(golden):
+    """Older transformers saved model.embeddings.position_ids; strict loads must accept it."""
+    from titok_cli.config import read_config_file
+
+    state = dict(load_file(golden / "gen_vit_tiny" / "model.safetensors"))
+    state["model.embeddings.position_ids"] = torch.arange(9).unsqueeze(0)
+    gen = titok_cli.TiTokGenerator.from_config(read_config_file(golden / "gen_vit_tiny" / "config.json"))
+    gen.load_state_dict(state, strict=True)
+    assert "model.embeddings.position_ids" not in gen.state_dict()
+
+
+def test_import_does_not_pull_cli_libraries():
+    import subprocess
+    import sys
+
+    code = "import sys, titok_cli; print(any(m in sys.modules for m in ('typer', 'rich', 'click')))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

@@ -127,6 +127,12 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(2, hidden)
         self.LayerNorm = nn.LayerNorm(hidden, eps=1e-12)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        # Checkpoints saved by older transformers carry the position_ids buffer: ignore it,
+        # so even a plain strict load_state_dict accepts them.
+        state_dict.pop(prefix + "position_ids", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         n = seq.shape[1]
         x = self.word_embeddings(seq)  # (B, L, H)
