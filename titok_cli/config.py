@@ -114,6 +114,13 @@ class GeneratorConfig:
         if self.guidance_decay not in GUIDANCE_DECAYS:
             raise ConfigError(f"guidance_decay {self.guidance_decay!r} is not one of {GUIDANCE_DECAYS}")
 
+    SAMPLING_KEYS = ("num_steps", "guidance_scale", "guidance_decay", "guidance_scale_pow",
+                     "randomize_temperature", "softmax_temperature_annealing")  # fmt: skip
+
+    def sampling_defaults(self) -> dict[str, Any]:
+        """This generator's default arguments for `generate` (SamplingParams fields)."""
+        return {k: getattr(self, k) for k in self.SAMPLING_KEYS}
+
     @property
     def mask_token_id(self) -> int:
         return self.codebook_size

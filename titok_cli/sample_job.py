@@ -132,9 +132,7 @@ def _main(argv: list[str]) -> None:
     classes = [int(c) for c in argv[4:]]
     dist_info()
     gen, tok = load_generator(gen_src), load_tokenizer(tok_src)
-    c = gen.config
-    params = SamplingParams(c.num_steps, c.guidance_scale, c.guidance_decay, c.guidance_scale_pow,
-                            c.randomize_temperature, True)  # fmt: skip
+    params = SamplingParams(**(gen.config.sampling_defaults() | {"softmax_temperature_annealing": True}))
     sample_to_npz(gen, tok, out, classes, int(n), params, batch_size=4, seed=0)
 
 

@@ -94,21 +94,11 @@ class TiTokGenerator(nn.Module):
         """Class ids [B] -> int64 token ids [B,K]; unset arguments take the config's defaults."""
         from ..sampling import SamplingParams, maskgit_generate
 
-        c = self.config
-        params = SamplingParams(
-            num_steps=c.num_steps if num_steps is None else num_steps,
-            guidance_scale=c.guidance_scale if guidance_scale is None else guidance_scale,
-            guidance_decay=c.guidance_decay if guidance_decay is None else guidance_decay,
-            guidance_scale_pow=c.guidance_scale_pow if guidance_scale_pow is None else guidance_scale_pow,
-            randomize_temperature=(
-                c.randomize_temperature if randomize_temperature is None else randomize_temperature
-            ),
-            softmax_temperature_annealing=(
-                c.softmax_temperature_annealing
-                if softmax_temperature_annealing is None
-                else softmax_temperature_annealing
-            ),
-        )
+        given = dict(num_steps=num_steps, guidance_scale=guidance_scale, guidance_decay=guidance_decay,
+                     guidance_scale_pow=guidance_scale_pow, randomize_temperature=randomize_temperature,
+                     softmax_temperature_annealing=softmax_temperature_annealing)  # fmt: skip
+        values = self.config.sampling_defaults() | {k: v for k, v in given.items() if v is not None}
+        params = SamplingParams(**values)
         return maskgit_generate(self, classes, params, generator=generator)
 
 
