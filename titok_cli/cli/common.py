@@ -223,6 +223,36 @@ def save_png(array: "np.ndarray", path: Path) -> None:
     atomic_write(path, lambda fh: image.save(fh, format="PNG"))
 
 
+class PngWriter:
+    """Write PNGs on background threads while the model works on the next batch.
+
+    PNG compression releases the GIL, so a couple of threads keep up with the device. At most
+    `max_pending` images wait in memory; the first failed write is raised on exit.
+    """
+
+    def __init__(self, threads: int = 2, max_pending: int = 64) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="png")
+        self._pending: list[Any] = []
+        self._max = max_pending
+
+    def submit(self, array: "np.ndarray", path: Path) -> None:
+        self._pending.append(self._pool.submit(save_png, array.copy(), path))
+        while len(self._pending) > self._max:
+            self._pending.pop(0).result()
+
+    def __enter__(self) -> "PngWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            for future in self._pending:
+                future.result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def contact_sheet(images: "np.ndarray", columns: int | None = None, gap: int = 2) -> "np.ndarray":
     """uint8 [N,H,W,3] -> one uint8 image, a near-square grid with `gap`-pixel white borders."""
     import math

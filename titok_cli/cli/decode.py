@@ -16,6 +16,7 @@ from .common import (
     JsonOpt,
     QuietOpt,
     check_output_file,
+    PngWriter,
     contact_sheet,
     device_and_dtype,
     plural,
@@ -121,14 +122,14 @@ def decode(
     sheet_rows = []
     written = []
     output.mkdir(parents=True, exist_ok=True)
-    with progress_bar("decoding", n, quiet or json_output) as update:
+    with PngWriter() as pngs, progress_bar("decoding", n, quiet or json_output) as update:
         for start in range(0, n, batch_size):
             chunk = np.asarray(tf.tokens[start : start + batch_size])
             batch = torch.from_numpy(chunk.astype(np.float32 if tok.is_vae else np.int64))
             pixels = to_uint8(tok.decode(batch)).cpu().numpy()  # (B, S, S, 3)
             for i, image in enumerate(pixels):
                 path = output / targets[start + i]
-                save_png(image, path)
+                pngs.submit(image, path)
                 written.append(path)
             if start < keep_for_grid:
                 sheet_rows.append(pixels[: keep_for_grid - start])

@@ -17,6 +17,7 @@ from .common import (
     QuietOpt,
     atomic_write,
     check_output_file,
+    PngWriter,
     contact_sheet,
     device_and_dtype,
     plural,
@@ -240,14 +241,14 @@ def sample(
     rng = torch.Generator(device=dev).manual_seed(seed)
     all_ids, all_pixels, written = [], [], []
     output.mkdir(parents=True, exist_ok=True)
-    with progress_bar("sampling", len(labels), quiet or json_output) as update:
+    with PngWriter() as pngs, progress_bar("sampling", len(labels), quiet or json_output) as update:
         for start in range(0, len(labels), batch_size):
             batch = torch.tensor(labels[start : start + batch_size], device=dev)
             ids = gen.generate(batch, generator=rng, **params)  # (B, K)
             pixels = to_uint8(tok.decode(ids)).cpu().numpy()  # (B, S, S, 3)
             for i, image in enumerate(pixels):
                 path = output / f"{stems[start + i]}.png"
-                save_png(image, path)
+                pngs.submit(image, path)
                 written.append(path)
             all_ids.append(ids.cpu().numpy())
             if grid is not None:
