@@ -159,3 +159,25 @@ def test_changed_inputs_refuse_to_resume(golden, tmp_path):
     (stale / "state.json").write_text(json.dumps({"fingerprint": "other", "next_index": 1}))
     with pytest.raises(TitokError, match="unfinished run"):
         encode_files([src], tmp_path / "t.npy", tok)
+
+
+def test_webdataset_output_shards(golden, tmp_path):
+    wds = pytest.importorskip("webdataset")
+    tok = titok_cli.load_tokenizer(golden / "tok_vq_tiny")
+    src = tmp_path / "imgs"
+    make_images(src, 7, classes=("n01440764", "n02099601"))
+    ref = tmp_path / "ref.npy"
+    encode_files([src], ref, tok)
+    res = encode_files([src], tmp_path / "wds" / "train.tar", tok, shard_size=4)
+    assert [p.name for p in res.outputs] == ["train-000000.tar", "train-000001.tar"]
+    samples = list(wds.WebDataset([str(p) for p in res.outputs], shardshuffle=False, empty_check=False))
+    assert len(samples) == 7
+    import io as _io
+    import json as _json
+
+    tokens = np.stack([np.load(_io.BytesIO(s["tokens.npy"])) for s in samples])
+    np.testing.assert_array_equal(tokens, load_tokens(ref).tokens)
+    meta = [_json.loads(s["json"]) for s in samples]
+    assert [m["path"] for m in meta] == load_tokens(ref).names
+    assert meta[0]["label"] == 0 and samples[0]["__key__"] == "n01440764/img_00000"
+    assert manifest_path(res.outputs[0]).exists()

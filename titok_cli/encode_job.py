@@ -266,8 +266,8 @@ def encode_files(
     Under torchrun every rank calls this; rank 0 assembles the one final output.
     """
     output = Path(output)
-    if output.suffix not in (".npy", ".npz"):
-        raise TitokError(f"{output}: output must end in .npy or .npz")
+    if output.suffix not in (".npy", ".npz", ".tar"):
+        raise TitokError(f"{output}: output must end in .npy, .npz or .tar (webdataset shards)")
     if batch_size < 1:
         raise TitokError("batch size must be at least 1")
     if shard_size is not None and shard_size < 1:
@@ -420,7 +420,9 @@ def _assemble(ranks, output, header, dtype, row_shape, shard_size, result) -> No
 
 
 def _write_one(target, rows, n, dtype, row_shape, header, failures) -> bool:
-    """Write n rows (streamed) as target (.npy or .npz) and its manifest, both atomically."""
+    """Write n rows (streamed) as target (.npy, .npz or .tar) and its manifest, both atomically."""
+    if target.suffix == ".tar":
+        return _write_tar(target, rows, n, dtype, row_shape, header, failures)
     names: list[str] = []
     labels: list[int] = []
     mpath = manifest_path(target)
@@ -454,6 +456,55 @@ def _write_one(target, rows, n, dtype, row_shape, header, failures) -> bool:
                     _zip_array(zf, "labels", np.asarray(labels, dtype=np.int64))
             npy_path.unlink()
     return any(x >= 0 for x in labels)
+
+
+def wds_key(name: str, taken: set[str]) -> str:
+    """A webdataset sample key for a row name: no extension, no dots in the base name, unique."""
+    folder, _, base = name.rpartition("/")
+    stem = base.rsplit(".", 1)[0] if "." in base.strip(".") else base
+    key = (folder + "/" if folder else "") + (stem.replace(".", "_") or "sample")
+    unique, k = key, 1
+    while unique in taken:
+        unique, k = f"{key}_{k}", k + 1
+    taken.add(unique)
+    return unique
+
+
+def _write_tar(target, rows, n, dtype, row_shape, header, failures) -> bool:
+    """Rows as webdataset samples: `<key>.tokens.npy` + `<key>.json` (path, row, label, model)."""
+    import tarfile
+
+    mpath = manifest_path(target)
+    full_header = {"format": FORMAT, "version": FORMAT_VERSION, **header, "count": n,
+                   "array": {"dtype": str(dtype), "shape": [n, *row_shape]}}  # fmt: skip
+    model_name = header["model"].get("name")
+    taken: set[str] = set()
+    any_label = False
+    with atomic_path(target) as tmp_tar, atomic_path(mpath) as tmp_manifest:
+        with tarfile.open(tmp_tar, "w", format=tarfile.USTAR_FORMAT) as tar, open(tmp_manifest, "w") as mfh:
+            mfh.write(json.dumps(full_header) + "\n")
+
+            def add(member: str, payload: bytes) -> None:
+                info = tarfile.TarInfo(member)
+                info.size, info.mode, info.mtime = len(payload), 0o644, 0  # fixed metadata: stable bytes
+                tar.addfile(info, io.BytesIO(payload))
+
+            for k in range(n):
+                row, data = next(rows)
+                key = wds_key(row["path"], taken)
+                buf = io.BytesIO()
+                np.save(buf, np.frombuffer(data, dtype=dtype).reshape(row_shape), allow_pickle=False)
+                meta = {"row": k, "path": row["path"], "model": model_name}
+                line = {"row": k, "path": row["path"]}
+                if row.get("label", -1) >= 0:
+                    meta["label"] = line["label"] = row["label"]
+                    any_label = True
+                add(f"{key}.tokens.npy", buf.getvalue())
+                add(f"{key}.json", json.dumps(meta).encode())
+                mfh.write(json.dumps(line) + "\n")
+            for name, reason in failures:
+                mfh.write(json.dumps({"failed": name, "reason": reason}) + "\n")
+    return any_label
 
 
 def _zip_array(zf: zipfile.ZipFile, key: str, arr: np.ndarray) -> None:

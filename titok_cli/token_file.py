@@ -59,7 +59,7 @@ def token_dtype(codebook_size: int | None) -> np.dtype:
 def manifest_path(path: str | os.PathLike) -> Path:
     """`out/tokens.npy` -> `out/tokens.manifest.jsonl`."""
     path = Path(path)
-    return path.with_name(path.stem + MANIFEST_SUFFIX) if path.suffix in (".npy", ".npz") else Path(str(path) + MANIFEST_SUFFIX)
+    return path.with_name(path.stem + MANIFEST_SUFFIX) if path.suffix in (".npy", ".npz", ".tar") else Path(str(path) + MANIFEST_SUFFIX)
 
 
 @contextmanager

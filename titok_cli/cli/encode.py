@@ -31,8 +31,9 @@ def encode(
                        "or webdataset .tar shards.", show_default=False),
     ],  # fmt: skip
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Token file to write: .npy (ids only) or .npz (ids + names).",
-                           show_default=False)
+        Path,
+        typer.Option("--output", "-o", show_default=False,
+                     help="Token file to write: .npy (ids only), .npz (ids + names) or .tar (webdataset samples)."),
     ],  # fmt: skip
     model: Annotated[
         str, typer.Option("--model", "-m", help="Tokenizer: registry name, Hub repo id (owner/name[@rev]) or folder.")
@@ -66,7 +67,7 @@ def encode(
 
     Example:  titok encode photos/ extra.jpg -o tokens.npy --model titok-l32
     """
-    check_output_file(output, (".npy", ".npz"), "output")
+    check_output_file(output, (".npy", ".npz", ".tar"), "output")
     from titok_cli.encode_job import dist_info, encode_files, rank_device
 
     dev, dt = device_and_dtype(rank_device(device), dtype)
