@@ -15,7 +15,6 @@ from .common import (
     GridOpt,
     JsonOpt,
     QuietOpt,
-    atomic_write,
     check_output_file,
     PngWriter,
     contact_sheet,
@@ -257,8 +256,15 @@ def sample(
 
     tokens = np.concatenate(all_ids)
     if save_tokens is not None:
-        dtype_np = np.uint8 if tok.codebook_size <= 256 else np.uint16 if tok.codebook_size <= 65536 else np.uint32
-        atomic_write(save_tokens, lambda fh: np.save(fh, tokens.astype(dtype_np)), suffix=".npy")
+        # A regular token file with its manifest, so `titok decode` finds the tokenizer by itself.
+        from titok_cli import __version__
+        from titok_cli.token_file import model_header, save_tokens as write_tokens, token_dtype
+
+        header = {"tool": f"titok-cli {__version__}", "model": model_header(tok), "sampling": {**params, "seed": seed},
+                  "generator": gen.source.describe()}  # type: ignore[attr-defined]  # fmt: skip
+        header["generator"].pop("weights", None)
+        write_tokens(save_tokens, tokens.astype(token_dtype(tok.codebook_size)), header,
+                     [f"{stem}.png" for stem in stems], labels=labels)  # fmt: skip
     if grid is not None:
         save_png(contact_sheet(np.concatenate(all_pixels), columns=num if len(class_ids) > 1 else None), grid)
 
