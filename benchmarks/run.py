@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from titok_cli.bench import build_models, cpu_model, matmul_peak_gflops, run_benchmark  # noqa: E402
+from titok_cli.bench import build_models, cpu_model, matmul_peak_gflops, run_benchmark, tune_cpu_allocator  # noqa: E402
 from titok_cli.devices import parse_dtype  # noqa: E402
 
 IMAGES = ROOT.parent / "shared" / "images"
@@ -264,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = False
 
     started = time.time()
+    allocator = tune_cpu_allocator() if not gpu else "default"
     out = args.out or ROOT / "benchmarks" / "results" / f"{machine_name(device)}.json"
     rec = Recorder(out, {"machine": machine_info(device), "load_average_start": load_avg()})
     rec.data["official_cpu_float32"] = OFFICIAL_CPU
@@ -273,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     cpu_peaks = {} if gpu else {name: matmul_peak_from_cpu_time(parse_dtype(name)) for name in dtypes}
     rec.data["matmul_peak_gflops_from_cpu_time"] = cpu_peaks
     rec.data["settings"] = {"batches": batches, "iters": iters, "warmup": warmup, "statistic": "median",
-                            "tf32": False if gpu else None}  # fmt: skip
+                            "tf32": False if gpu else None, "cpu_allocator": allocator,
+                            "flops": "nominal (official algorithm), FlopCounterMode"}  # fmt: skip
     rec.save()
     print(f"matmul peak GFLOP/s: {peaks}, from CPU time: {cpu_peaks}", flush=True)
 

@@ -77,3 +77,30 @@ def test_bad_arguments(tiny):
 
 def test_matmul_peak_is_positive():
     assert matmul_peak_gflops("cpu", torch.float32, n=256, seconds=0.05) > 0
+
+
+def test_cpu_allocator_is_recorded(tiny):
+    tok, _ = tiny
+    r = run_benchmark(model=tok, device="cpu", batch_size=1, warmup=0, iters=1, tasks=("encode",))
+    assert isinstance(r["cpu_allocator"], str) and r["cpu_allocator"]
+
+
+def test_flops_are_nominal(tiny):
+    """The sub-pixel upsampling does less work; the FLOP count stays the official algorithm's."""
+    from titok_cli.models.pixel_decoder import PixelDecoder
+
+    dec = PixelDecoder(32)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    codes = torch.randn(1, 256, 2, 2)
+    with torch.enable_grad(), FlopCounterMode(display=False) as plain:
+        dec(codes)
+    with torch.inference_mode(), FlopCounterMode(display=False) as fast:
+        dec(codes)
+    assert fast.get_total_flops() < plain.get_total_flops()
+    tok, _, _ = build_models(model=tiny[0], with_generator=False)
+    from titok_cli.bench import _flop_mapping
+
+    with torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=_flop_mapping()) as whole:
+        tok.decode_latents(tok.tokens_to_latents(torch.zeros(1, tok.num_tokens, dtype=torch.long)))
+    assert count_flops(tok, None, ("decode",))["decode"] == whole.get_total_flops()

@@ -112,3 +112,23 @@ def test_full_size_bfloat16_random_weights(images_dir):
     assert not pixels_h.isnan().any()
     assert agree >= 0.9, agree
     assert psnr(pixels_h, pixels) >= 33.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_pixel_decoder_fast_forms_match_the_plain_forms(dtype):
+    """Inference (sub-pixel upsampling convs, in-place SiLU/adds) against the plain official forms."""
+    from titok_cli.models.pixel_decoder import PixelDecoder
+
+    torch.manual_seed(0)
+    dec = PixelDecoder(32).to(dtype)
+    codes = torch.randn(2, 256, 4, 4)
+    with torch.no_grad():
+        fast = dec(codes).float()
+        fast_again = dec(codes).float()  # cached phase kernels
+    with torch.enable_grad():
+        plain = dec(codes).float()
+    assert torch.equal(fast, fast_again)
+    rel = ((fast - plain).abs().max() / plain.abs().max()).item()
+    assert rel <= (1e-5 if dtype == torch.float32 else 0.05), rel
+    if dtype == torch.bfloat16:
+        assert fast.shape == plain.shape
