@@ -55,7 +55,7 @@ def test_usage_errors_exit_2():
     # our own usage checks (bad suffix, bad dtype) are exit 2 as well, one line, no traceback
     bad_suffix = run("encode", "x.png", "-o", "tokens.txt")
     assert bad_suffix.exit_code == 2
-    assert bad_suffix.stderr.strip() == "error: output tokens.txt must end with .npy or .npz"
+    assert bad_suffix.stderr.strip() == "error: output tokens.txt must end with .npy, .npz or .tar"
     bad_dtype = run("decode", "t.npy", "-o", "out", "--dtype", "float8")
     assert bad_dtype.exit_code == 2 and "unknown dtype" in bad_dtype.stderr
 

@@ -14,7 +14,7 @@ FLOPs are counted once per model and task with torch's FlopCounterMode on meta-d
 (no real compute), so "gflops_per_s" is achieved multiply-add work (2 FLOPs each) per second.
 They are nominal: the official algorithm's work. Where our inference path does less arithmetic for
 the same result (the pixel decoder's sub-pixel upsampling convolutions) the rate is "effective".
-CPU allocator: benchmarks/run.py calls `tune_cpu_allocator()` (see there), `run_benchmark` only
+CPU allocator: benchmarks/run.py and the `titok` command call `tune_cpu_allocator()`; `run_benchmark` only
 when asked (`tune_allocator=True`); other processes get the same speed only when they call it too.
 """
 
@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import registry
+from .allocator import allocator_state, tune_cpu_allocator
 from .devices import parse_dtype, pick_device
 from .errors import UsageError
 from .models.generator import TiTokGenerator
@@ -145,38 +146,6 @@ def _count(model: torch.nn.Module) -> int:
 
 # -- measuring -----------------------------------------------------------------------------
 
-
-_ALLOCATOR_STATE: str | None = None
-
-
-def tune_cpu_allocator() -> str:
-    """Keep freed tensor memory in the process (glibc malloc): large CPU tensors stop page-faulting.
-
-    By default glibc serves every allocation above 32 MiB with a fresh mmap and unmaps it on free,
-    so each large activation (a batch-8 pixel-decoder feature map is 268 MB) is zero-filled page by
-    page by the kernel, every call. Measured on our 2-core VM, float32 batch 8: S-128 decode 9.6 ->
-    6.4 s, encode 0.98 -> 0.76 s. This turns mmap off for the allocator and never trims the heap, so
-    memory is reused between calls instead; the resident size stays at the process's high-water
-    mark (bounded for fixed batch shapes). Process-wide and idempotent; a no-op off glibc.
-    Returns a description of what was done (recorded in benchmark results).
-    """
-    global _ALLOCATOR_STATE
-    if _ALLOCATOR_STATE is not None:
-        return _ALLOCATOR_STATE
-    state = "default (not glibc)"
-    try:
-        import ctypes
-        import platform
-
-        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-            libc = ctypes.CDLL("libc.so.6")
-            m_trim_threshold, m_mmap_max = -1, -4  # mallopt parameters, <malloc.h>
-            ok = libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
-            state = "glibc malloc: mmap off, no trim (tune_cpu_allocator)" if ok else "default (mallopt refused)"
-    except (OSError, AttributeError):  # pragma: no cover - exotic platforms
-        pass
-    _ALLOCATOR_STATE = state
-    return state
 
 
 
@@ -358,7 +327,7 @@ def run_benchmark(
     torch_dtype = parse_dtype(dtype)
     if dev.type == "cpu" and tune_allocator:
         tune_cpu_allocator()
-    allocator = (_ALLOCATOR_STATE or "default") if dev.type == "cpu" else "default"
+    cpu_allocator = allocator_state() if dev.type == "cpu" else "default"
     tok, gen, info = _models if _models is not None else build_models(
         resolution, model, generator, "sample" in tasks or "generate" in tasks
     )
@@ -408,7 +377,7 @@ def run_benchmark(
         "threads": torch.get_num_threads(),
         "timing": {"warmup": warmup, "iters": iters, "statistic": "median"},
         "peak_memory_kind": memory.kind,
-        "cpu_allocator": allocator,
+        "cpu_allocator": cpu_allocator,
     }
     if gen is not None:
         c = gen.config

@@ -273,7 +273,8 @@ def contact_sheet(images: "np.ndarray", columns: int | None = None, gap: int = 2
 def check_output_file(path: Path, suffixes: tuple[str, ...], what: str) -> None:
     """Refuse (exit 2) an output file name with the wrong suffix, or one that is a folder."""
     if path.suffix.lower() not in suffixes:
-        raise usage_error(f"{what} {path} must end with {' or '.join(suffixes)}")
+        choices = ", ".join(suffixes[:-1]) + " or " + suffixes[-1] if len(suffixes) > 1 else suffixes[0]
+        raise usage_error(f"{what} {path} must end with {choices}")
     if path.is_dir():
         raise usage_error(f"{what} {path} is a folder")
 
