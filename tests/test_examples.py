@@ -21,7 +21,7 @@ def run(*args: str) -> str:
 def test_example_scripts(golden, tmp_path):
     tok, gen = str(golden / "tok_vq_legacy_tiny"), str(golden / "gen_vit_tiny")
     out = run("examples/roundtrip.py", "examples/images/chelsea.png", "--model", tok, "-o", str(tmp_path / "r.png"))
-    assert "8 tokens" in out and Image.open(tmp_path / "r.png").size == (64, 64)
+    assert "8 tokens" in out and Image.open(tmp_path / "r.png").size == (128, 64)  # original | reconstruction
     out = run("examples/encode_folder.py", "examples/images", "-o", str(tmp_path / "t.npz"), "--model", tok)
     with np.load(tmp_path / "t.npz") as f:
         assert f["tokens"].shape == (3, 8) and list(f["names"]) == ["chelsea.png", "coffee.png", "rocket.jpg"]
