@@ -224,7 +224,9 @@ def dist_info() -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("TITOK_DIST_BACKEND") != "gloo" else "gloo"
+        backend = os.environ.get("TITOK_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+        if backend == "nccl":  # bind this rank to its GPU before NCCL picks one for barriers
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         dist.init_process_group(backend=backend)
     return dist.get_rank(), dist.get_world_size()
 
