@@ -363,21 +363,23 @@ def test_iter_image_files(tmp_path: Path) -> None:
     loose = tmp_path / "readme.txt"
     _touch(loose)
 
+    # one folder: names relative to it
+    assert [name for _, name in iter_image_files([root])][:3] == ["a.JPG", "a_dir/m.bmp", "b.png"]
+    # several inputs: names relative to their common parent, so sources stay distinguishable
     pairs = list(iter_image_files([root, str(loose)]))
     names = [name for _, name in pairs]
     assert names == [
-        "a.JPG",
-        "a_dir/m.bmp",
-        "b.png",
-        "sub/deeper/y.tiff",
-        "sub/z.webp",
-        "sub2/k.gif",
+        "photos/a.JPG",
+        "photos/a_dir/m.bmp",
+        "photos/b.png",
+        "photos/sub/deeper/y.tiff",
+        "photos/sub/z.webp",
+        "photos/sub2/k.gif",
         "readme.txt",  # given explicitly: kept so the encoder can report it
     ]
     for path, name in pairs:
         assert path.is_absolute() and path.is_file()
-        if name != "readme.txt":
-            assert path == root / name
+        assert path == tmp_path / name
     assert pairs[-1][0] == loose
     # deterministic
     assert list(iter_image_files([root, loose])) == pairs
@@ -388,7 +390,8 @@ def test_iter_image_files_relative_inputs(tmp_path: Path, monkeypatch: pytest.Mo
     _touch(tmp_path / "two.jpeg")
     monkeypatch.chdir(tmp_path)
     pairs = list(iter_image_files(["two.jpeg", "dir", Path("./dir/one.png")]))
-    assert [name for _, name in pairs] == ["two.jpeg", "one.png", "one.png"]
+    assert [name for _, name in pairs] == ["two.jpeg", "dir/one.png", "dir/one.png"]
+    assert [name for _, name in iter_image_files(["dir/one.png"])] == ["one.png"]
     assert all(path.is_absolute() for path, _ in pairs)
     expected = [tmp_path / "two.jpeg", tmp_path / "dir" / "one.png", tmp_path / "dir" / "one.png"]
     assert [path.resolve() for path, _ in pairs] == [p.resolve() for p in expected]

@@ -65,9 +65,9 @@ def is_webdataset(inputs: Sequence[str]) -> bool:
 
 
 def _folder_label(name: str) -> int:
-    """ImageNet-style class folders: `n02099601/x.JPEG` -> 207; anything else -> -1."""
-    head = name.split("/", 1)[0] if "/" in name else ""
-    cls = class_from_wnid(head) if head else None
+    """ImageNet-style class folders: `[train/]n02099601/x.JPEG` -> 207; anything else -> -1."""
+    parent = name.rsplit("/", 2)[-2] if "/" in name else ""
+    cls = class_from_wnid(parent) if parent else None
     return -1 if cls is None else cls
 
 

@@ -273,10 +273,12 @@ def _walk_folder(root: str) -> Iterator[tuple[Path, str]]:
 def iter_image_files(inputs: Sequence[str | os.PathLike[str]]) -> Iterator[tuple[Path, str]]:
     """Expand files and folders into (absolute path, relative name) pairs in a stable order.
 
-    Files named explicitly are always yielded (whatever their suffix, so a bad one is reported,
-    not silently dropped) under their file name; folders are walked recursively, yielding only
-    IMAGE_EXTENSIONS files, named relative to the folder given. All inputs are checked for
-    existence before anything is yielded.
+    Names are relative to the input folder when one folder is given; with several inputs,
+    relative to their common parent folder, so rows from `a/` and `b/` stay distinguishable
+    (`a/x.png`, `b/x.png`). A single file is named by its file name. Files named explicitly
+    are always yielded (whatever their suffix, so a bad one is reported, not silently
+    dropped); folders are walked recursively, yielding only IMAGE_EXTENSIONS files. All inputs
+    are checked for existence before anything is yielded.
     """
     roots: list[str] = []
     for item in inputs:
@@ -284,8 +286,17 @@ def iter_image_files(inputs: Sequence[str | os.PathLike[str]]) -> Iterator[tuple
         if not os.path.exists(absolute):
             raise ImageError(str(item), "no such file or directory")
         roots.append(absolute)
+    if len(roots) == 1:
+        base = roots[0] if os.path.isdir(roots[0]) else os.path.dirname(roots[0])
+    else:
+        base = os.path.commonpath([r if os.path.isdir(r) else os.path.dirname(r) for r in roots])
+        if any(r == base for r in roots):  # one input folder holds the others: name from its parent
+            base = os.path.dirname(base)
     for root in roots:
+        prefix = os.path.relpath(root, base).replace(os.sep, "/")
         if os.path.isdir(root):
-            yield from _walk_folder(root)
+            lead = "" if prefix == "." else prefix + "/"
+            for path, name in _walk_folder(root):
+                yield path, lead + name
         else:
-            yield Path(root), os.path.basename(root)
+            yield Path(root), prefix
