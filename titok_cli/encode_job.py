@@ -36,7 +36,16 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .errors import ImageError, TitokError
 from .imagenet import class_from_wnid
 from .preprocess import iter_image_files, load_image, read_image
-from .token_file import FORMAT, FORMAT_VERSION, atomic_path, manifest_path, model_header, token_dtype, zip_member
+from .token_file import (
+    atomic_path,
+    manifest_failure,
+    manifest_header,
+    manifest_path,
+    manifest_row,
+    model_header,
+    token_dtype,
+    zip_member,
+)
 
 Progress = Callable[[int, "int | None"], None]
 COMMIT_SECONDS = float(os.environ.get("TITOK_COMMIT_SECONDS", "2.0"))  # how much work a crash may lose
@@ -428,27 +437,22 @@ def _write_one(target, rows, n, dtype, row_shape, header, failures) -> bool:
     names: list[str] = []
     labels: list[int] = []
     mpath = manifest_path(target)
-    full_header = {"format": FORMAT, "version": FORMAT_VERSION, **header, "count": n,
-                   "array": {"dtype": str(dtype), "shape": [n, *row_shape]}}  # fmt: skip
     with atomic_path(target, ".npy") as tmp_tokens, atomic_path(mpath) as tmp_manifest:
         npy_path = tmp_tokens if target.suffix == ".npy" else tmp_tokens.with_suffix(".inner.npy")
         with open(npy_path, "wb") as tfh, open(tmp_manifest, "w", encoding="utf-8") as mfh:
             np.lib.format.write_array_header_1_0(
                 tfh, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n, *row_shape)}
             )
-            mfh.write(json.dumps(full_header) + "\n")
+            mfh.write(manifest_header(header, dtype, (n, *row_shape)))
             for k in range(n):
                 row, data = next(rows)
                 tfh.write(data)
-                line = {"row": k, "path": row["path"]}
-                if row.get("label", -1) >= 0:
-                    line["label"] = row["label"]
-                mfh.write(json.dumps(line) + "\n")
+                mfh.write(manifest_row(k, row["path"], row.get("label", -1)))
                 if target.suffix == ".npz":
                     names.append(row["path"])
                 labels.append(row.get("label", -1))
             for name, reason in failures:
-                mfh.write(json.dumps({"failed": name, "reason": reason}) + "\n")
+                mfh.write(manifest_failure(name, reason))
         if target.suffix == ".npz":
             with zipfile.ZipFile(tmp_tokens, "w", allowZip64=True) as zf:
                 with open(npy_path, "rb") as src, zip_member(zf, "tokens.npy") as dst:
@@ -477,14 +481,12 @@ def _write_tar(target, rows, n, dtype, row_shape, header, failures) -> bool:
     import tarfile
 
     mpath = manifest_path(target)
-    full_header = {"format": FORMAT, "version": FORMAT_VERSION, **header, "count": n,
-                   "array": {"dtype": str(dtype), "shape": [n, *row_shape]}}  # fmt: skip
     model_name = header["model"].get("name")
     taken: set[str] = set()
     any_label = False
     with atomic_path(target) as tmp_tar, atomic_path(mpath) as tmp_manifest:
         with tarfile.open(tmp_tar, "w", format=tarfile.USTAR_FORMAT) as tar, open(tmp_manifest, "w") as mfh:
-            mfh.write(json.dumps(full_header) + "\n")
+            mfh.write(manifest_header(header, dtype, (n, *row_shape)))
 
             def add(member: str, payload: bytes) -> None:
                 info = tarfile.TarInfo(member)
@@ -496,16 +498,16 @@ def _write_tar(target, rows, n, dtype, row_shape, header, failures) -> bool:
                 key = wds_key(row["path"], taken)
                 buf = io.BytesIO()
                 np.save(buf, np.frombuffer(data, dtype=dtype).reshape(row_shape), allow_pickle=False)
+                label = row.get("label", -1)
                 meta = {"row": k, "path": row["path"], "model": model_name}
-                line = {"row": k, "path": row["path"]}
-                if row.get("label", -1) >= 0:
-                    meta["label"] = line["label"] = row["label"]
+                if label >= 0:
+                    meta["label"] = label
                     any_label = True
                 add(f"{key}.tokens.npy", buf.getvalue())
                 add(f"{key}.json", json.dumps(meta).encode())
-                mfh.write(json.dumps(line) + "\n")
+                mfh.write(manifest_row(k, row["path"], label))
             for name, reason in failures:
-                mfh.write(json.dumps({"failed": name, "reason": reason}) + "\n")
+                mfh.write(manifest_failure(name, reason))
     return any_label
 
 

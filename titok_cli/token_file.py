@@ -83,24 +83,42 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+def manifest_header(header: dict[str, Any], dtype: np.dtype, shape: Sequence[int]) -> str:
+    """The manifest's first line: run header plus the array's row count, dtype and shape."""
+    full = {"format": FORMAT, "version": FORMAT_VERSION, **header, "count": int(shape[0]),
+            "array": {"dtype": str(np.dtype(dtype)), "shape": [int(x) for x in shape]}}  # fmt: skip
+    return json.dumps(full) + "\n"
+
+
+def manifest_row(row: int, path: str, label: int | None = None) -> str:
+    """One manifest line per token row; the label only when it is known (>= 0)."""
+    line: dict[str, Any] = {"row": row, "path": path}
+    if label is not None and label >= 0:
+        line["label"] = int(label)
+    return json.dumps(line) + "\n"
+
+
+def manifest_failure(path: str, reason: str) -> str:
+    """One manifest line per input that could not be encoded."""
+    return json.dumps({"failed": path, "reason": reason}) + "\n"
+
+
 def write_manifest(
     path: str | os.PathLike,
     header: dict[str, Any],
+    tokens: np.ndarray,
     names: Sequence[str],
     labels: Sequence[int] | None = None,
     failures: Sequence[tuple[str, str]] = (),
 ) -> Path:
-    """Write the JSON-lines manifest atomically; returns its path."""
+    """Write the JSON-lines manifest for `tokens` atomically; returns its path."""
     target = Path(path)
     with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps({"format": FORMAT, "version": FORMAT_VERSION, **header}) + "\n")
+        fh.write(manifest_header(header, tokens.dtype, tokens.shape))
         for i, name in enumerate(names):
-            row: dict[str, Any] = {"row": i, "path": name}
-            if labels is not None and labels[i] is not None and labels[i] >= 0:
-                row["label"] = int(labels[i])
-            fh.write(json.dumps(row) + "\n")
+            fh.write(manifest_row(i, name, None if labels is None else labels[i]))
         for name, reason in failures:
-            fh.write(json.dumps({"failed": name, "reason": reason}) + "\n")
+            fh.write(manifest_failure(name, reason))
     return target
 
 
@@ -118,8 +136,7 @@ def save_tokens(
         raise TokenFileError(f"{path}: output must end in .npy or .npz")
     if len(names) != len(tokens):
         raise ValueError("one name per token row is required")
-    header = {**header, "count": int(len(tokens)), "array": {"dtype": str(tokens.dtype), "shape": list(tokens.shape)}}
-    manifest = write_manifest(manifest_path(path), header, names, labels, failures)
+    manifest = write_manifest(manifest_path(path), header, tokens, names, labels, failures)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             if path.suffix == ".npy":
