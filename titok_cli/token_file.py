@@ -63,8 +63,11 @@ def manifest_path(path: str | os.PathLike) -> Path:
 
 
 @contextmanager
-def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside `final`; on success fsync and rename it into place."""
+def atomic_path(final: str | os.PathLike, suffix: str = "", durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; on success rename it into place.
+
+    `durable` fsyncs first (token files, scratch state); per-image PNGs skip that cost.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial" + suffix, dir=final.parent)
@@ -75,8 +78,9 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; a result file gets normal permissions
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp_path, final)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

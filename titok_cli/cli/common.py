@@ -10,7 +10,6 @@ import functools
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -201,18 +200,10 @@ def device_and_dtype(device: str, dtype: str) -> tuple["torch.device", "torch.dt
 
 def atomic_write(path: Path, write: Callable[[Any], None], suffix: str = ".tmp") -> None:
     """Call write(binary file) on a temporary file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from titok_cli.token_file import atomic_path
+
+    with atomic_path(path, suffix, durable=False) as tmp, open(tmp, "wb") as fh:
+        write(fh)
 
 
 def save_png(array: "np.ndarray", path: Path) -> None:
