@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import ResidualAttentionBlock
+from .layers import Linear, ResidualAttentionBlock
 
 PROXY_CODEBOOK_SIZE = 1024  # MaskGIT-VQGAN codebook used by the two-stage (legacy) head
 
@@ -44,7 +44,7 @@ class TiTokDecoder(nn.Module):
         self.legacy = legacy
         scale = width**-0.5
         g2 = self.grid_size**2
-        self.decoder_embed = nn.Linear(token_size, width, bias=True)
+        self.decoder_embed = Linear(token_size, width, bias=True)
         self.class_embedding = nn.Parameter(scale * torch.randn(1, width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(g2 + 1, width))
         self.mask_token = nn.Parameter(scale * torch.randn(1, 1, width))

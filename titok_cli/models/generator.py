@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import GeneratorConfig, generator_config_from_dict
+from .layers import Linear, linear_gelu
 
 
 class TiTokGenerator(nn.Module):
@@ -134,9 +135,9 @@ class BertSelfAttention(nn.Module):
     def __init__(self, hidden: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
-        self.query = nn.Linear(hidden, hidden)
-        self.key = nn.Linear(hidden, hidden)
-        self.value = nn.Linear(hidden, hidden)
+        self.query = Linear(hidden, hidden)
+        self.key = Linear(hidden, hidden)
+        self.value = Linear(hidden, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, h = x.shape
@@ -153,7 +154,7 @@ class BertResidualNorm(nn.Module):
 
     def __init__(self, d_in: int, hidden: int) -> None:
         super().__init__()
-        self.dense = nn.Linear(d_in, hidden)
+        self.dense = Linear(d_in, hidden)
         self.LayerNorm = nn.LayerNorm(hidden, eps=1e-12)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -173,10 +174,10 @@ class BertAttention(nn.Module):
 class BertIntermediate(nn.Module):
     def __init__(self, hidden: int, inner: int) -> None:
         super().__init__()
-        self.dense = nn.Linear(hidden, inner)
+        self.dense = Linear(hidden, inner)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.dense(x))
+        return linear_gelu(x, self.dense.weight, self.dense.bias)
 
 
 class BertLayer(nn.Module):
@@ -211,7 +212,7 @@ class BertBackbone(nn.Module):
         super().__init__()
         self.embeddings = BertEmbeddings(c.vocab_size, c.hidden_size, c.image_seq_len + 1)
         self.encoder = BertEncoder(c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size)
-        self.lm_head = nn.Linear(c.hidden_size, c.codebook_size)
+        self.lm_head = Linear(c.hidden_size, c.codebook_size)
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         x = self.encoder(self.embeddings(seq))  # (B, 1+K, H)
@@ -252,8 +253,8 @@ class UViTAttention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim, bias=False)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
@@ -266,11 +267,11 @@ class UViTAttention(nn.Module):
 class UViTMlp(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(linear_gelu(x, self.fc1.weight, self.fc1.bias))
 
 
 class UViTBlock(nn.Module):
@@ -278,7 +279,7 @@ class UViTBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, hidden: int, skip: bool = False) -> None:
         super().__init__()
-        self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
+        self.skip_linear = Linear(2 * dim, dim) if skip else None
         self.norm1 = nn.LayerNorm(dim)
         self.attn = UViTAttention(dim, heads)
         self.norm2 = nn.LayerNorm(dim)
@@ -305,7 +306,7 @@ class UViTGenerator(TiTokGenerator):
         self.mid_block = UViTBlock(h, heads, inner)
         self.out_blocks = nn.ModuleList(UViTBlock(h, heads, inner, skip=True) for _ in range(half))
         self.norm = nn.LayerNorm(h)
-        self.lm_head = nn.Linear(h, config.codebook_size)
+        self.lm_head = Linear(h, config.codebook_size)
         _init_weights(self)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.eval()

@@ -7,12 +7,59 @@ Attribute names follow the CLIP-style layout of the official checkpoints
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+# CPU float32 inference runs its fully connected layers through oneDNN instead of ATen's default
+# (MKL sgemm). Both are plain float32 GEMMs with float32 accumulation; only the summation order
+# differs (max |diff| ~1e-6 relative, far inside REFERENCE.md section 9). Why: MKL takes an AVX2
+# code path on AMD CPUs, so on the AMD EPYC (Zen 5) machines we measure, oneDNN's AVX-512 kernels
+# are 2.2x faster at our shapes (benchmarks/README.md); on Intel the two are on a par.
+# TITOK_CPU_LINEAR=aten restores ATen's F.linear everywhere.
+_ONEDNN_LINEAR = (
+    os.environ.get("TITOK_CPU_LINEAR", "onednn") != "aten"
+    and torch.backends.mkldnn.is_available()
+    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+)
+
+
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """oneDNN only for CPU float32 inference; autograd and torch.compile keep ATen's op."""
+    return (
+        _ONEDNN_LINEAR
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+    )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear; on CPU float32 inference through oneDNN (see _ONEDNN_LINEAR)."""
+    if _use_onednn(x, weight):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """gelu(F.linear(...)) with exact (erf) GELU; fused into the GEMM when oneDNN runs it."""
+    if _use_onednn(x, weight):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
+    return F.gelu(F.linear(x, weight, bias))
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state-dict keys) whose forward is `linear` above."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
 
 
 class KeepsFloat32(nn.Module):
@@ -45,12 +92,12 @@ class SelfAttention(nn.Module):
         self.heads = heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
-        self.out_proj = nn.Linear(width, width)
+        self.out_proj = Linear(width, width)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, w = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, N, 3W)
+        qkv = linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, N, 3W)
         qkv = qkv.view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, H, N, D)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, H, N, D)
         out = out.transpose(1, 2).reshape(b, n, w)  # (B, N, W)
@@ -62,11 +109,11 @@ class MLP(nn.Module):
 
     def __init__(self, width: int, hidden: int) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(width, hidden)
-        self.c_proj = nn.Linear(hidden, width)
+        self.c_fc = Linear(width, hidden)
+        self.c_proj = Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x)))
+        return self.c_proj(linear_gelu(x, self.c_fc.weight, self.c_fc.bias))
 
 
 class ResidualAttentionBlock(nn.Module):

@@ -1,0 +1,53 @@
+"""The CPU float32 routes of models/layers.py: oneDNN for inference, ATen's F.linear otherwise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from titok_cli.models import layers
+
+needs_onednn = pytest.mark.skipif(not layers._ONEDNN_LINEAR, reason="this torch build has no oneDNN linear op")
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 77, 256, generator=g)  # (B, N, W), a batch of token rows
+    w = torch.randn(1024, 256, generator=g) * 256**-0.5
+    return x, w, torch.randn(1024, generator=g)
+
+
+@needs_onednn
+def test_inference_takes_onednn_and_matches_aten():
+    x, w, b = _data()
+    with torch.inference_mode():
+        assert layers._use_onednn(x, w)
+        out, gelu = layers.linear(x, w, b), layers.linear_gelu(x, w, b)
+    ref = F.linear(x, w, b)
+    assert out.shape == ref.shape == (3, 77, 1024)
+    # only the summation order differs: float32 rounding, far inside REFERENCE.md's 1e-4
+    assert (out - ref).abs().max().item() < 1e-5 * ref.abs().max().item() + 1e-6
+    assert (gelu - F.gelu(ref)).abs().max().item() < 1e-5 * ref.abs().max().item() + 1e-6
+    with torch.no_grad():
+        strided = x[:, 1:]  # (B, N-1, W), not contiguous: the generator's lm_head input
+        assert (layers.linear(strided, w, None) - F.linear(strided, w)).abs().max().item() < 1e-4
+
+
+def test_training_and_other_dtypes_keep_aten():
+    x, w, b = _data()
+    w.requires_grad_(True)
+    assert not layers._use_onednn(x, w)  # gradients on: oneDNN's op has no backward
+    layers.linear_gelu(x, w, b).sum().backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert not layers._use_onednn(x.bfloat16(), w.bfloat16())  # ATen already uses oneDNN in bf16
+
+
+def test_linear_module_keeps_nn_linear_parameters():
+    m = layers.Linear(8, 4)
+    assert isinstance(m, torch.nn.Linear)
+    assert sorted(m.state_dict()) == ["bias", "weight"]
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        assert torch.allclose(m(x), F.linear(x, m.weight, m.bias), atol=1e-6)
