@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import titok_cli
 from titok_cli.config import read_config_file
+from titok_cli.models import layers, pixel_decoder
 
 from .conftest import GENERATOR_CASES, TOKENIZER_CASES, load_meta
 
 ATOL_LATENT = 1e-5
 ATOL_OUT = 1e-4  # REFERENCE.md section 9, tiny models
+
+
+# Every case runs on both CPU float32 routes: oneDNN linear layers + channels-last convolutions
+# (our fast path; the conv layout is machine dependent by default, forced here) and ATen's
+# F.linear + NCHW (TITOK_CPU_LINEAR=aten, TITOK_CHANNELS_LAST=0). Both must meet the tolerances.
+ROUTES = ("onednn-channels-last", "aten-nchw")
+
+
+@contextmanager
+def cpu_route(route: str):
+    fast = route == "onednn-channels-last"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(layers, "_ONEDNN_LINEAR", fast and layers._ONEDNN_LINEAR)
+        mp.setattr(pixel_decoder, "FLOAT32_CHANNELS_LAST", fast)
+        yield
 
 
 def close(actual: torch.Tensor, expected: torch.Tensor, atol: float) -> None:
@@ -21,12 +39,14 @@ def close(actual: torch.Tensor, expected: torch.Tensor, atol: float) -> None:
     assert diff <= atol, f"max |diff| {diff:.3g} > {atol}"
 
 
-@pytest.fixture(scope="module", params=TOKENIZER_CASES)
+@pytest.fixture(scope="module", params=[(c, r) for c in TOKENIZER_CASES for r in ROUTES], ids="-".join)
 def tok_case(request, golden):
-    case = golden / request.param
-    tok = titok_cli.TiTokTokenizer.from_config(read_config_file(case / "config.json"))
-    tok.load_state_dict(load_file(case / "model.safetensors"), strict=True)
-    return request.param, tok, load_file(case / "io.safetensors")
+    name, route = request.param
+    case = golden / name
+    with cpu_route(route):
+        tok = titok_cli.TiTokTokenizer.from_config(read_config_file(case / "config.json"))
+        tok.load_state_dict(load_file(case / "model.safetensors"), strict=True)
+        yield name, tok, load_file(case / "io.safetensors")
 
 
 def test_tokenizer_encoder_latents(tok_case):
@@ -112,12 +132,14 @@ def test_vae_sampling_is_reproducible(golden):
     assert not torch.equal(a, mean)
 
 
-@pytest.fixture(scope="module", params=GENERATOR_CASES)
+@pytest.fixture(scope="module", params=[(c, r) for c in GENERATOR_CASES for r in ROUTES], ids="-".join)
 def gen_case(request, golden):
-    case = golden / request.param
-    gen = titok_cli.TiTokGenerator.from_config(read_config_file(case / "config.json"))
-    gen.load_state_dict(load_file(case / "model.safetensors"), strict=True)
-    return request.param, gen, load_file(case / "io.safetensors"), load_meta(case)
+    name, route = request.param
+    case = golden / name
+    with cpu_route(route):
+        gen = titok_cli.TiTokGenerator.from_config(read_config_file(case / "config.json"))
+        gen.load_state_dict(load_file(case / "model.safetensors"), strict=True)
+        yield name, gen, load_file(case / "io.safetensors"), load_meta(case)
 
 
 def test_generator_logits(gen_case):
