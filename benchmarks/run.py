@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from titok_cli.bench import build_models, cpu_model, matmul_peak_gflops, run_benchmark, tune_cpu_allocator  # noqa: E402
+from titok_cli.bench import build_models, cpu_model, gemm_backends, matmul_peaks, run_benchmark, tune_cpu_allocator  # noqa: E402
 from titok_cli.devices import parse_dtype  # noqa: E402
 
 IMAGES = ROOT.parent / "shared" / "images"
@@ -152,19 +152,28 @@ class Recorder:
         tmp.replace(self.path)
 
 
+def fastest_gemm(device: torch.device, dtype: torch.dtype, n: int) -> tuple[str, object]:
+    """The GEMM route that set this process's peak (see titok_cli.bench.gemm_backends)."""
+    fns = gemm_backends(device, dtype, n)
+    name = PEAK_ROUTE.get(str(dtype).removeprefix("torch."), "aten_mm")
+    return (name, fns[name]) if name in fns else ("aten_mm", fns["aten_mm"])
+
+
+PEAK_ROUTE: dict[str, str] = {}  # dtype name -> fastest GEMM route, filled by main()
+
+
 def matmul_now(device: torch.device, seconds: float = 1.0) -> dict:
     """A short float32 GEMM check right before a run: shows how much of the machine we had then."""
     n = 2048 if device.type == "cpu" else 8192
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    torch.mm(a, b)
+    _, fn = fastest_gemm(device, torch.float32, n)
+    fn()
     times = []
     deadline = time.perf_counter() + seconds
     while len(times) < 3 or time.perf_counter() < deadline:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        torch.mm(a, b)
+        fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
@@ -174,12 +183,12 @@ def matmul_now(device: torch.device, seconds: float = 1.0) -> dict:
 
 def matmul_peak_from_cpu_time(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
     """CPU GEMM GFLOP/s as threads x work / process CPU time: what the cores do when we own them."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
+    _, fn = fastest_gemm(torch.device("cpu"), dtype, n)
+    fn()
     cpu = []
     for _ in range(reps):
         t0 = time.process_time()
-        torch.mm(a, b)
+        fn()
         cpu.append(time.process_time() - t0)
     cpu.sort()
     return 2 * n**3 * torch.get_num_threads() / cpu[len(cpu) // 2] / 1e9
@@ -271,15 +280,18 @@ def main(argv: list[str] | None = None) -> int:
     rec = Recorder(out, {"machine": machine_info(device), "load_average_start": load_avg()})
     rec.data["official_cpu_float32"] = OFFICIAL_CPU
     rec.data["paper_a100_float32_samples_per_s"] = PAPER_A100
-    peaks = {name: matmul_peak_gflops(device, parse_dtype(name), seconds=3.0) for name in dtypes}
+    routes = {name: matmul_peaks(device, parse_dtype(name), seconds=3.0) for name in dtypes}
+    PEAK_ROUTE.update({name: max(r, key=r.get) for name, r in routes.items()})
+    peaks = {name: max(r.values()) for name, r in routes.items()}
     rec.data["matmul_peak_gflops"] = peaks
+    rec.data["matmul_peak_gflops_by_route"] = routes  # CPU float32: ATen mm (MKL) and oneDNN
     cpu_peaks = {} if gpu else {name: matmul_peak_from_cpu_time(parse_dtype(name)) for name in dtypes}
     rec.data["matmul_peak_gflops_from_cpu_time"] = cpu_peaks
     rec.data["settings"] = {"batches": batches, "iters": iters, "warmup": warmup, "statistic": "median",
                             "tf32": False if gpu else None, "cpu_allocator": allocator,
                             "flops": "nominal (official algorithm), FlopCounterMode"}  # fmt: skip
     rec.save()
-    print(f"matmul peak GFLOP/s: {peaks}, from CPU time: {cpu_peaks}", flush=True)
+    print(f"matmul peak GFLOP/s: {routes}, from CPU time: {cpu_peaks}", flush=True)
 
     if not gpu and not args.same_process and len(presets) > 1:
         # One fresh process per preset: measured in one process, an L-32 float32 decode at batch 8
@@ -305,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             for key in ("runs", "agreement", "errors", "table"):
                 rec.data.setdefault(key, []).extend(child.get(key, []))
             rec.data.setdefault("per_preset_process", {})[preset] = {
-                k: child.get(k) for k in ("matmul_peak_gflops", "matmul_peak_gflops_from_cpu_time",
+                k: child.get(k) for k in ("matmul_peak_gflops", "matmul_peak_gflops_by_route",
+                                          "matmul_peak_gflops_from_cpu_time",
                                           "load_average_start", "load_average_end", "total_seconds")
             }  # fmt: skip
             rec.save()

@@ -439,27 +439,58 @@ def cpu_model() -> str:
     return platform.processor() or "unknown cpu"
 
 
+def gemm_backends(device: torch.device, dtype: torch.dtype, n: int) -> dict[str, Callable[[], Any]]:
+    """n x n x n GEMMs by every route our models can take on this device, as zero-argument calls.
+
+    On the CPU in float32 that is ATen's mm (MKL) and oneDNN (the route of our linear layers,
+    models/layers.py); they differ by 2x on AMD CPUs, so a peak from `torch.mm` alone would be
+    the slower library's, not the machine's. Elsewhere ATen's mm is the only route.
+    """
+    from .models import layers
+
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    bmat = torch.randn(n, n, device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    fns: dict[str, Callable[[], Any]] = {"aten_mm": lambda: torch.mm(a, bmat, out=out)}
+    if device.type == "cpu" and dtype == torch.float32 and layers._ONEDNN_LINEAR:
+
+        def onednn() -> torch.Tensor:
+            with torch.no_grad():
+                return layers.linear(a, bmat, None)  # a @ bmat.T: the same 2 n^3 FLOPs
+
+        fns["onednn_linear"] = onednn
+    return fns
+
+
+def matmul_peaks(
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, n: int | None = None, seconds: float = 2.0
+) -> dict[str, float]:
+    """Best GFLOP/s (2*n^3 FLOPs per n x n matmul) of each GEMM route, over repeated runs."""
+    dev = torch.device(device)
+    n = n or (8192 if dev.type == "cuda" else 2048)
+    peaks = {}
+    for name, fn in gemm_backends(dev, dtype, n).items():
+        fn()
+        _sync(dev)
+        best = math.inf
+        deadline = time.perf_counter() + seconds
+        runs = 0
+        while runs < 3 or time.perf_counter() < deadline:
+            start = time.perf_counter()
+            fn()
+            _sync(dev)
+            best = min(best, time.perf_counter() - start)
+            runs += 1
+        peaks[name] = 2 * n**3 / best / 1e9
+    return peaks
+
+
 def matmul_peak_gflops(
     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, n: int | None = None, seconds: float = 2.0
 ) -> float:
-    """Measured GEMM throughput (2*n^3 FLOPs per n x n matmul), the best of repeated runs."""
-    dev = torch.device(device)
-    n = n or (8192 if dev.type == "cuda" else 2048)
-    a = torch.randn(n, n, device=dev, dtype=dtype)
-    bmat = torch.randn(n, n, device=dev, dtype=dtype)
-    out = torch.empty(n, n, device=dev, dtype=dtype)
-    torch.mm(a, bmat, out=out)
-    _sync(dev)
-    best = math.inf
-    deadline = time.perf_counter() + seconds
-    runs = 0
-    while runs < 3 or time.perf_counter() < deadline:
-        start = time.perf_counter()
-        torch.mm(a, bmat, out=out)
-        _sync(dev)
-        best = min(best, time.perf_counter() - start)
-        runs += 1
-    return 2 * n**3 / best / 1e9
+    """The device's measured GEMM peak: the fastest route of `matmul_peaks`."""
+    return max(matmul_peaks(device, dtype, n, seconds).values())
 
 
-__all__ = ["run_benchmark", "tune_cpu_allocator", "build_models", "count_flops", "matmul_peak_gflops", "cpu_model", "TASKS"]
+__all__ = ["run_benchmark", "tune_cpu_allocator", "build_models", "count_flops", "matmul_peak_gflops", "matmul_peaks",
+           "gemm_backends", "cpu_model", "TASKS"]
