@@ -62,6 +62,7 @@ def test_what_stays_float32(golden):
     tok.to(torch.float16)
     assert tok.encoder.patch_embed.weight.dtype == torch.float16
     assert tok.quantize.embedding.weight.dtype == torch.float32  # codebook: exact distances
+    assert tok.encoder.ln_post.weight.dtype == tok.encoder.conv_out.weight.dtype == torch.float32  # head
     assert tok.pixel_quantize.embedding.weight.dtype == torch.float32
     assert all(torch.equal(v, pix[k]) for k, v in tok.pixel_decoder.state_dict().items())  # fp16 refused, untouched
     tok.to(torch.bfloat16)

@@ -1,11 +1,17 @@
-"""Image patches plus K learned latent tokens -> K latent vectors of token_size channels."""
+"""Image patches plus K learned latent tokens -> K latent vectors of token_size channels.
+
+Precision: in a half-precision model the head (ln_post, conv_out) stays float32, so the latents
+that pick the nearest codebook row are not rounded to bfloat16 on the way (measured with random
+weights on the 7 test photos: bf16 token agreement with float32 up by 0-0.9 points; a few
+microseconds of work). In float32 the casts are no-ops: the exact path is unchanged.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .layers import ResidualAttentionBlock
+from .layers import Float32Conv2d, Float32LayerNorm, ResidualAttentionBlock
 
 
 class TiTokEncoder(nn.Module):
@@ -33,8 +39,8 @@ class TiTokEncoder(nn.Module):
         self.latent_token_positional_embedding = nn.Parameter(scale * torch.randn(num_latent_tokens, width))
         self.ln_pre = nn.LayerNorm(width)
         self.transformer = nn.ModuleList(ResidualAttentionBlock(width, heads) for _ in range(layers))
-        self.ln_post = nn.LayerNorm(width)
-        self.conv_out = nn.Conv2d(width, out_channels, kernel_size=1, bias=True)
+        self.ln_post = Float32LayerNorm(width)
+        self.conv_out = Float32Conv2d(width, out_channels, kernel_size=1, bias=True)
 
     def forward(self, pixel_values: torch.Tensor, latent_tokens: torch.Tensor) -> torch.Tensor:
         b = pixel_values.shape[0]
@@ -49,7 +55,7 @@ class TiTokEncoder(nn.Module):
         x = self.ln_pre(x)
         for block in self.transformer:
             x = block(x)
-        x = self.ln_post(x[:, -k:])  # (B, K, W)
+        x = self.ln_post(x[:, -k:])  # (B, K, W) float32
         if self.legacy:
             # Official quirk: the token-major buffer is reinterpreted as channel-major, no transpose.
             x = x.reshape(b, w, k, 1)  # (B, W, K, 1)

@@ -87,6 +87,20 @@ class KeepsFloat32(nn.Module):
         return super()._apply(convert, recurse)
 
 
+class Float32LayerNorm(KeepsFloat32, nn.LayerNorm):
+    """nn.LayerNorm that stays float32 in a half-precision model and upcasts its input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float())
+
+
+class Float32Conv2d(KeepsFloat32, nn.Conv2d):
+    """nn.Conv2d that stays float32 in a half-precision model and upcasts its input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float())
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with nn.MultiheadAttention's parameter layout (q, k, v packed)."""
 
