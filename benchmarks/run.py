@@ -20,7 +20,6 @@ import copy
 import datetime as dt
 import gc
 import json
-import math
 import os
 import platform
 import re
@@ -33,7 +32,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from titok_cli.bench import build_models, cpu_model, gemm_backends, matmul_peaks, run_benchmark, tune_cpu_allocator  # noqa: E402
+from titok_cli.bench import (  # noqa: E402
+    build_models, cpu_model, gemm_backends, matmul_peaks, precision_agreement, run_benchmark, tune_cpu_allocator,
+)
 from titok_cli.devices import parse_dtype  # noqa: E402
 
 IMAGES = ROOT.parent / "shared" / "images"
@@ -105,11 +106,6 @@ def load_avg() -> list[float] | None:
         return None
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = ((a.clamp(0, 1) - b.clamp(0, 1)) ** 2).mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
 def photos(size: int) -> torch.Tensor | None:
     from titok_cli.preprocess import load_image, to_tensor
 
@@ -124,21 +120,7 @@ def agreement(tok32, tok_half, device: torch.device, chunk: int) -> dict:
     x = photos(tok32.image_size)
     if x is None:
         return {"skipped": f"no photos in {IMAGES}"}
-    out: dict = {"images": int(x.shape[0])}
-    a, b, pa, pb = [], [], [], []
-    for i in range(0, x.shape[0], chunk):
-        xi = x[i : i + chunk].to(device)
-        ca, cb = tok32.encode(xi), tok_half.encode(xi)
-        a.append(ca.cpu()), b.append(cb.cpu())
-        pa.append(tok32.decode(ca).cpu()), pb.append(tok_half.decode(ca).cpu())
-    ca, cb, xa, xb = torch.cat(a), torch.cat(b), torch.cat(pa), torch.cat(pb)
-    if tok32.is_vae:
-        out["latent_max_rel_error"] = ((ca - cb).abs().max() / ca.abs().max()).item()
-    else:
-        out["token_agreement"] = (ca == cb).float().mean().item()
-    out["decode_psnr_db"] = psnr(xb, xa)
-    out["nan_count"] = int(xb.isnan().sum().item() + (cb.isnan().sum().item() if cb.is_floating_point() else 0))
-    return out
+    return precision_agreement(tok32, tok_half, x.to(device), chunk)
 
 
 class Recorder:

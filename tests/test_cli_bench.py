@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from titok_cli.cli.app import app
 
-FAST = ("--device", "cpu", "-b", "2", "--warmup", "0", "--iters", "1")
+FAST = ("--device", "cpu", "-b", "2", "--warmup", "0", "--iters", "1", "--no-peak")
 
 
 def run(*args):
@@ -32,6 +32,33 @@ def test_table_on_tiny_golden_models(golden):
     assert "64x64 pixels, batch 2, float32 on cpu" in out and "pretrained weights" in out
     assert "RANDOM" not in out
     assert "not the requested" not in result.stderr  # --model without --resolution: the model's own size
+
+
+def test_gemm_peak_and_half_precision_agreement_on_real_photos(golden, images_dir):
+    result = run("bench", "--model", golden / "tok_vq_legacy_tiny", "--task", "encode", "--task", "decode",
+                 "--dtype", "bfloat16", "--agreement", images_dir, "--json", *FAST[:-1])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["matmul_peak_gflops"] == max(data["matmul_peak_gflops_by_route"].values()) > 0
+    for task in ("encode", "decode"):
+        row = data[task]
+        assert row["share_of_matmul_peak"] == pytest.approx(row["gflops_per_s"] / data["matmul_peak_gflops"])
+    agree = data["agreement_with_float32"]
+    n_photos = sum(1 for p in images_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    assert agree["images"] == n_photos
+    # tiny untrained model: a loose bound (tests/test_precision.py), but a broken half path fails it
+    assert 0.85 <= agree["token_agreement"] < 1.0 and agree["decode_psnr_db"] > 15 and agree["nan_count"] == 0
+    table = run("bench", "--model", golden / "tok_vq_legacy_tiny", "--task", "encode", "--dtype", "bfloat16",
+                "--agreement", images_dir, *FAST[:-1])  # fmt: skip
+    assert table.exit_code == 0, table.output
+    assert "of GEMM peak" in table.stdout and "GEMM peak" in table.stdout
+    assert "bfloat16 against float32 on" in table.stdout and "token agreement" in table.stdout
+
+
+def test_agreement_needs_images(golden, tmp_path):
+    result = run("bench", "--model", golden / "tok_vq_tiny", "--task", "encode", "--dtype", "bfloat16",
+                 "--agreement", tmp_path, *FAST)  # fmt: skip
+    assert result.exit_code == 2 and "no images" in result.stderr
 
 
 def test_json_is_valid(golden):

@@ -14,12 +14,17 @@ FLOPs are counted once per model and task with torch's FlopCounterMode on meta-d
 (no real compute), so "gflops_per_s" is achieved multiply-add work (2 FLOPs each) per second.
 They are nominal: the official algorithm's work. Where our inference path does less arithmetic for
 the same result (the pixel decoder's sub-pixel upsampling convolutions) the rate is "effective".
+With `measure_peak` the device's GEMM peak for the dtype is measured first (`matmul_peaks`: on
+the CPU in float32 both ATen's mm and oneDNN, the faster counts) and each task reports its
+"share_of_matmul_peak". With `agreement_images` (a tensor, or a folder of images) a half-precision
+run also reports how its tokens and decodes agree with a float32 copy (`precision_agreement`).
 CPU allocator: benchmarks/run.py and the `titok` command call `tune_cpu_allocator()`; `run_benchmark` only
 when asked (`tune_allocator=True`); other processes get the same speed only when they call it too.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -305,6 +310,8 @@ def run_benchmark(
     generator: str | None = None,
     seed: int = 0,
     tune_allocator: bool = False,
+    measure_peak: bool = False,
+    agreement_images: torch.Tensor | str | os.PathLike[str] | None = None,
     _models: tuple[TiTokTokenizer, TiTokGenerator | None, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Time encode / decode / sample for one configuration; returns a JSON-ready dict.
@@ -333,6 +340,11 @@ def run_benchmark(
     )
     notes = list(info["notes"])
     flops = count_flops(tok, gen, tasks)
+    tok32 = None
+    if agreement_images is not None and not isinstance(agreement_images, torch.Tensor):
+        agreement_images = _load_folder(agreement_images, tok.image_size)
+    if agreement_images is not None and torch_dtype != torch.float32:
+        tok32 = copy.deepcopy(tok).to(device=dev, dtype=torch.float32)  # before the conversion below
     tok.to(device=dev, dtype=torch_dtype)
     if gen is not None:
         gen.to(device=dev, dtype=torch_dtype)
@@ -386,6 +398,12 @@ def run_benchmark(
             "randomize_temperature": c.randomize_temperature,
             "softmax_temperature_annealing": c.softmax_temperature_annealing,
         }  # fmt: skip
+    peak = None
+    if measure_peak:
+        routes = matmul_peaks(dev, torch_dtype, seconds=1.0)
+        peak = max(routes.values())
+        result["matmul_peak_gflops"] = peak
+        result["matmul_peak_gflops_by_route"] = routes
     for task in tasks:
         if task not in runs:
             result[task] = None
@@ -410,11 +428,60 @@ def run_benchmark(
         if f:
             entry["gflop_per_image"] = f / 1e9
             entry["gflops_per_s"] = f * per_s / 1e9
+            if peak:
+                entry["share_of_matmul_peak"] = entry["gflops_per_s"] / peak
         result[task] = entry
+    if agreement_images is not None:
+        if tok32 is None:
+            notes.append("agreement with float32: not measured, this run is float32")
+        else:
+            result["agreement_with_float32"] = precision_agreement(tok32, tok, agreement_images.to(dev), b)
+            del tok32
     if info["weights"] == "random":
         notes.append("random weights: speed is representative, outputs are not")
     result["note"] = "; ".join(notes)
     return result
+
+
+def _load_folder(folder: str | os.PathLike[str], size: int) -> torch.Tensor:
+    """Every image under `folder` (or one file), center-cropped to `size`, as float32 [N,3,S,S]."""
+    from .preprocess import iter_image_files, load_image, to_tensor
+
+    files = list(iter_image_files([folder]))
+    if not files:
+        raise UsageError(f"{folder}: no images to compare against float32")
+    return to_tensor([load_image(path, size) for path, _ in files])
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB between two pixel tensors in [0, 1] (clamped first, as they are saved)."""
+    mse = ((a.float().clamp(0, 1) - b.float().clamp(0, 1)) ** 2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def precision_agreement(
+    tok32: TiTokTokenizer, tok_half: TiTokTokenizer, images: torch.Tensor, chunk: int = 8
+) -> dict[str, Any]:
+    """A half-precision tokenizer against its float32 copy on real images [N,3,S,S].
+
+    VQ: share of identical token ids; VAE: max relative error of the latents. Both: PSNR between
+    the two decodes of the float32 tokens (so only decoding differs), and NaN count.
+    """
+    a, b, pa, pb = [], [], [], []
+    for i in range(0, images.shape[0], chunk):
+        xi = images[i : i + chunk]
+        ca, cb = tok32.encode(xi), tok_half.encode(xi)
+        a.append(ca.cpu()), b.append(cb.cpu())
+        pa.append(tok32.decode(ca).cpu()), pb.append(tok_half.decode(ca).cpu())
+    ca, cb, xa, xb = torch.cat(a), torch.cat(b), torch.cat(pa), torch.cat(pb)
+    out: dict[str, Any] = {"images": int(images.shape[0])}
+    if tok32.is_vae:
+        out["latent_max_rel_error"] = ((ca - cb).abs().max() / ca.abs().max()).item()
+    else:
+        out["token_agreement"] = (ca == cb).float().mean().item()
+    out["decode_psnr_db"] = psnr(xb, xa)
+    out["nan_count"] = int(xb.isnan().sum().item() + (cb.isnan().sum().item() if cb.is_floating_point() else 0))
+    return out
 
 
 def _device_name(dev: torch.device) -> str:
@@ -493,4 +560,4 @@ def matmul_peak_gflops(
 
 
 __all__ = ["run_benchmark", "tune_cpu_allocator", "build_models", "count_flops", "matmul_peak_gflops", "matmul_peaks",
-           "gemm_backends", "cpu_model", "TASKS"]
+           "gemm_backends", "precision_agreement", "psnr", "cpu_model", "TASKS"]

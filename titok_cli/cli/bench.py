@@ -1,7 +1,8 @@
-"""`titok bench`: images/s, tokens/s, latency and peak memory of encode, decode and sample."""
+"""`titok bench`: images/s, tokens/s, latency, peak memory and share of the GEMM peak per task."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -35,16 +36,36 @@ def render(result: dict[str, Any]) -> None:
         f"{result.get('dtype')} on {result.get('device')} ({device}), {result.get('weights')} weights",
         markup=False, soft_wrap=True,
     )  # fmt: skip
+    peak = result.get("matmul_peak_gflops")
+    columns = ["task", "images/s", "tokens/s", "latency ms (batch)", "peak memory MB", "GFLOP/s"]
+    if peak:
+        columns.append("of GEMM peak")
     table = Table()
-    for column in ("task", "images/s", "tokens/s", "latency ms (batch)", "peak memory MB"):
+    for column in columns:
         table.add_column(column, justify="left" if column == "task" else "right")
     for task in TASK_NAMES:
         row = result.get(task)
         if not row:
             continue
-        table.add_row(task, _fmt(row.get("images_per_s")), _fmt(row.get("tokens_per_s")),
-                      _fmt(row.get("latency_ms")), _fmt(row.get("peak_memory_mb")))  # fmt: skip
+        cells = [task, _fmt(row.get("images_per_s")), _fmt(row.get("tokens_per_s")), _fmt(row.get("latency_ms")),
+                 _fmt(row.get("peak_memory_mb")), _fmt(row.get("gflops_per_s"))]  # fmt: skip
+        if peak:
+            share = row.get("share_of_matmul_peak")
+            cells.append("-" if share is None else f"{share:.0%}")
+        table.add_row(*cells)
     console.print(table)
+    if peak:
+        routes = result.get("matmul_peak_gflops_by_route") or {}
+        detail = ", ".join(f"{name} {_fmt(v)}" for name, v in routes.items()) if len(routes) > 1 else ""
+        console.print(f"GEMM peak {_fmt(peak)} GFLOP/s ({result.get('dtype')}, measured now"
+                      + (f": {detail})" if detail else ")"), markup=False, soft_wrap=True)  # fmt: skip
+    agree = result.get("agreement_with_float32")
+    if agree:
+        first = (f"token agreement {agree['token_agreement']:.2%}" if "token_agreement" in agree
+                 else f"latent max relative error {agree['latent_max_rel_error']:.2g}")  # fmt: skip
+        console.print(f"{result.get('dtype')} against float32 on {agree['images']} images: {first}, "
+                      f"decode PSNR {agree['decode_psnr_db']:.1f} dB, {agree['nan_count']} NaN",
+                      markup=False, soft_wrap=True)  # fmt: skip
     if result.get("weights") == "random":
         console.print(
             "RANDOM WEIGHTS (not in the local cache, or no public weights exist): timings are "
@@ -78,6 +99,15 @@ def bench(
         typer.Option("--task", help="encode, decode, sample (generate + decode) or generate (tokens only); "
                      "repeatable [default: encode, decode, sample]."),
     ] = None,
+    peak: Annotated[
+        bool, typer.Option("--peak/--no-peak", help="Measure the device's GEMM peak first (a few seconds) and "
+                           "report each task's share of it.")
+    ] = True,  # fmt: skip
+    agreement: Annotated[
+        Path | None,
+        typer.Option("--agreement", help="With --dtype bfloat16/float16: a folder of images to compare against a "
+                     "float32 copy (token agreement, decode PSNR, NaN count)."),
+    ] = None,  # fmt: skip
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -103,9 +133,12 @@ def bench(
     kwargs: dict[str, Any] = {}
     if generator is not None:
         kwargs["generator"] = generator
+    if agreement is not None:
+        kwargs["agreement_images"] = agreement
     result = run_benchmark(
         resolution=resolution, model=model, device=device, dtype=dtype, batch_size=batch_size,
-        compile=compile_, warmup=warmup, iters=iters, tasks=tuple(tasks or DEFAULT_TASKS), **kwargs,
+        compile=compile_, warmup=warmup, iters=iters, tasks=tuple(tasks or DEFAULT_TASKS), measure_peak=peak,
+        **kwargs,
     )  # fmt: skip
     notes = [n for n in str(result.get("note") or "").split("; ") if n]
     if model is not None and not resolution_given:
@@ -118,3 +151,4 @@ def bench(
     notes = [n for n in notes if not n.startswith("random weights:")]  # the table says it already
     if notes and not quiet:
         warn("; ".join(notes))
+
