@@ -9,7 +9,8 @@ NaN; bfloat16 keeps float32's exponent range, and GroupNorm accumulates in float
 PyTorch's kernels). float16 is refused here: its parameters stay float32 and it runs in float32,
 because float16 VQGAN decoders are known to overflow into NaN/inf. In bfloat16 the convolutions
 run channels-last (oneDNN/AMX on CPU, tensor cores on GPU), about twice as fast as NCHW bfloat16
-on our CPU; float32 stays NCHW, the exact path (channels-last measured no faster there).
+on our CPU. float32 runs channels-last on AMD CPUs (1.15x there) and NCHW elsewhere (measured no
+faster on Intel); see `_float32_channels_last`.
 
 Speed without changing results beyond float rounding (REFERENCE.md section 9):
   * nearest x2 upsampling followed by a 3x3 conv is computed as one 2x2 conv per output phase on
@@ -32,8 +33,9 @@ from torch import nn
 from .layers import HALF_DTYPES, KeepsFloat32
 
 def _float32_channels_last() -> bool:
-    """CPU float32 layout: channels-last on AMD CPUs, where oneDNN runs it 1.4x faster (measured,
-    benchmarks/README.md); NCHW elsewhere (no faster on Intel). TITOK_CHANNELS_LAST=1/0 overrides."""
+    """CPU float32 layout: channels-last on AMD CPUs, where oneDNN runs this decoder 1.15x faster
+    (measured, benchmarks/README.md); NCHW elsewhere (no faster on Intel in round 2). Same values up
+    to summation order. TITOK_CHANNELS_LAST=1/0 overrides."""
     forced = os.environ.get("TITOK_CHANNELS_LAST")
     if forced in ("0", "1"):
         return forced == "1"
