@@ -8,6 +8,7 @@ Attribute names follow the CLIP-style layout of the official checkpoints
 from __future__ import annotations
 
 import os
+import platform
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +24,11 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 # float32 accumulation; only the summation order differs (~1e-6 relative, far inside
 # REFERENCE.md section 9). bfloat16: ATen already uses oneDNN, so the product is bit-identical;
 # calling the op directly lets GELU fuse into the GEMM (10-20% on the MLP's first layer).
+# Only on x86-64, where it was measured; elsewhere (ARM) F.linear keeps its own backend.
 # TITOK_CPU_LINEAR=aten restores F.linear everywhere.
 _ONEDNN_LINEAR = (
     os.environ.get("TITOK_CPU_LINEAR", "onednn") != "aten"
+    and platform.machine().lower() in ("x86_64", "amd64")
     and torch.backends.mkldnn.is_available()
     and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 )
