@@ -294,3 +294,36 @@ def test_shards(hub_cache, images_dir, tmp_path):
     assert np.array_equal(np.concatenate([np.load(p) for p in outputs]), whole)
     dec = run("decode", outputs[-1], "-o", tmp_path / "last", "--device", "cpu")
     assert dec.exit_code == 0, dec.output
+
+
+@pytest.mark.parametrize("model", [VQ, VAE])
+def test_tar_shard_output_decodes_like_the_library(hub_cache, images_dir, tmp_path, model):
+    out = tmp_path / "train.tar"
+    enc = run("encode", images_dir, "-o", out, "--model", model, "--device", "cpu")
+    assert enc.exit_code == 0, enc.output
+    names, _, pixels = library_roundtrip(model, [images_dir])
+    dec = run("decode", out, "-o", tmp_path / "decoded", "--device", "cpu")
+    assert dec.exit_code == 0, dec.output
+    for name, expected in zip(names, pixels):
+        assert np.array_equal(png(tmp_path / "decoded" / Path(name).with_suffix(".png")), expected), name
+
+    # a shard on its own (no manifest beside it): rows, names and tokens come from its members
+    alone = tmp_path / "alone" / "train.tar"
+    alone.parent.mkdir()
+    shutil.copy(out, alone)
+    dec = run("decode", alone, "-o", tmp_path / "alone_png", "--device", "cpu", "--model", model)
+    assert dec.exit_code == 0, dec.output
+    assert sorted(p.relative_to(tmp_path / "alone_png").as_posix() for p in (tmp_path / "alone_png").rglob("*.png")) \
+        == sorted(Path(n).with_suffix(".png").as_posix() for n in names)
+
+
+def test_broken_tar_shard_is_one_line_error(hub_cache, images_dir, tmp_path):
+    out = tmp_path / "train.tar"
+    assert run("encode", images_dir, "-o", out, "--model", VQ, "--device", "cpu").exit_code == 0
+    raw = out.read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(raw[:700])  # inside the first member's data
+    result = run("decode", cut, "-o", tmp_path / "never", "--device", "cpu", "--model", VQ)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {cut}") and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "never").exists()

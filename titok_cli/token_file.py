@@ -12,6 +12,7 @@ Every file is written to a temporary name and renamed, so a crash leaves no half
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -186,15 +187,74 @@ def _read_manifest(path: Path) -> tuple[dict[str, Any], list[str], np.ndarray | 
     return header, names, label_arr, failures
 
 
+def _read_tar(path: Path) -> tuple[np.ndarray, list[str], np.ndarray | None, dict[str, Any]]:
+    """A webdataset shard written by `titok encode -o X.tar`: `<key>.tokens.npy` + `<key>.json` per row.
+
+    Rows come in tar order; names and labels from each row's JSON; the model name too, so a
+    shard without its manifest still says which tokenizer made it. Read with the standard
+    library (no webdataset needed), arrays with allow_pickle=False.
+    """
+    import tarfile
+
+    arrays: dict[str, np.ndarray] = {}
+    metas: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.partition(".")
+                if ext not in ("tokens.npy", "json"):
+                    raise TokenFileError(f"{path}: member {member.name!r} is not <key>.tokens.npy or <key>.json")
+                data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                if key not in arrays and key not in metas:
+                    order.append(key)
+                try:
+                    if ext == "json":
+                        metas[key] = json.loads(data)
+                    else:
+                        arrays[key] = np.load(io.BytesIO(data), allow_pickle=False)
+                except (ValueError, EOFError) as exc:
+                    raise TokenFileError(f"{path}: member {member.name!r} is unreadable ({exc})") from None
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise TokenFileError(f"{path}: not a readable tar shard ({exc})") from None
+    if not order:
+        raise TokenFileError(f"{path}: no rows (an empty tar)")
+    rows, names, labels = [], [], []
+    for i, key in enumerate(order):
+        if key not in arrays or key not in metas:
+            missing = "tokens.npy" if key not in arrays else "json"
+            raise TokenFileError(f"{path}: row {key!r} has no {key}.{missing}")
+        meta, arr = metas[key], arrays[key]
+        if not isinstance(meta, dict) or meta.get("row", i) != i:
+            raise TokenFileError(f"{path}: {key}.json is not row {i} of this shard")
+        if rows and (arr.shape != rows[0].shape or arr.dtype != rows[0].dtype):
+            raise TokenFileError(f"{path}: {key}.tokens.npy is {arr.dtype}{list(arr.shape)}, "
+                                 f"the first row {rows[0].dtype}{list(rows[0].shape)}")  # fmt: skip
+        rows.append(arr)
+        names.append(str(meta.get("path", key)))
+        labels.append(int(meta.get("label", -1)))
+    label_arr = np.asarray(labels, dtype=np.int64) if any(x >= 0 for x in labels) else None
+    model = {"name": metas[order[0]].get("model")} if metas[order[0]].get("model") else {}
+    return np.stack(rows), names, label_arr, {"model": model} if model else {}
+
+
 def load_tokens(path: str | os.PathLike) -> TokenFile:
-    """Read a token file and its manifest (if present); anything malformed raises TokenFileError."""
+    """Read a token file (.npy, .npz or .tar shard) and its manifest (if present).
+
+    Anything malformed raises TokenFileError naming the file and the problem.
+    """
     path = Path(path)
     if not path.is_file():
         raise TokenFileError(f"{path}: no such file")
     names_from_npz: list[str] | None = None
     labels: np.ndarray | None = None
+    tar_header: dict[str, Any] = {}
     try:
-        if path.suffix == ".npz":
+        if path.suffix == ".tar":
+            tokens, names_from_npz, labels, tar_header = _read_tar(path)
+        elif path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as data:
                 if "tokens" not in data.files:
                     raise TokenFileError(f"{path}: .npz has no 'tokens' array (keys: {', '.join(data.files)})")
@@ -221,7 +281,7 @@ def load_tokens(path: str | os.PathLike) -> TokenFile:
     else:
         raise TokenFileError(f"{path}: dtype {tokens.dtype} is neither integer ids nor float latents")
 
-    tf = TokenFile(tokens=tokens, names=names_from_npz, labels=labels, path=path)
+    tf = TokenFile(tokens=tokens, names=names_from_npz, labels=labels, header=tar_header, path=path)
     mpath = manifest_path(path)
     if mpath.is_file():
         tf.header, names, mlabels, tf.failures = _read_manifest(mpath)

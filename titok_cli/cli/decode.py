@@ -67,7 +67,7 @@ def _same_model(header: dict[str, Any], chosen: Any) -> bool | None:
 
 
 def decode(
-    tokens: Annotated[Path, typer.Argument(metavar="TOKENS", help="Token file (.npy or .npz) from `titok encode`.",
+    tokens: Annotated[Path, typer.Argument(metavar="TOKENS", help="Token file (.npy, .npz or .tar shard) from `titok encode`.",
                                            show_default=False)],  # fmt: skip
     output: Annotated[Path, typer.Option("--output", "-o", metavar="OUTDIR", help="Folder for the PNG files.",
                                          file_okay=False, show_default=False)],  # fmt: skip
