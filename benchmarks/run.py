@@ -20,6 +20,7 @@ import copy
 import datetime as dt
 import gc
 import json
+import math
 import os
 import platform
 import re
@@ -189,6 +190,8 @@ def summarize(run: dict, peaks: dict, cpu_peaks: dict | None = None) -> dict:
         if not r:
             continue
         row[f"{task}_images_per_s"] = round(r["images_per_s"], 4)
+        if "images_per_s_best" in r:
+            row[f"{task}_images_per_s_best"] = round(r["images_per_s_best"], 4)
         if "images_per_s_from_cpu_time" in r:
             row[f"{task}_images_per_s_from_cpu_time"] = round(r["images_per_s_from_cpu_time"], 4)
         row[f"{task}_peak_memory_mb"] = None if r["peak_memory_mb"] is None else round(r["peak_memory_mb"], 1)
@@ -202,6 +205,29 @@ def summarize(run: dict, peaks: dict, cpu_peaks: dict | None = None) -> dict:
                 row[f"{task}_gflops_per_s_from_cpu_time"] = round(g, 1)
                 row[f"{task}_share_of_matmul_peak_from_cpu_time"] = round(g / cpu_peak, 3)
     return row
+
+
+def half_ratios(table: list[dict]) -> list[str]:
+    """Half precision over float32 per model, batch and task: ratio of medians, and of best calls.
+
+    On a shared machine one slow call moves a median of 3; the best call is the least disturbed,
+    so both are shown."""
+    eager = [r for r in table if not r["compile"]]
+    fp32 = {(r["model"], r["batch_size"], t): r for r in eager if r["dtype"] == "float32"
+            for t in ("encode", "decode", "sample", "generate") if r.get(f"{t}_images_per_s")}  # fmt: skip
+    lines = ["| model | dtype | batch | task | half / float32 (median) | (best call) |", "|---|---|---|---|---|---|"]
+    for r in eager:
+        if r["dtype"] == "float32":
+            continue
+        for t in ("encode", "decode", "sample", "generate"):
+            base = fp32.get((r["model"], r["batch_size"], t))
+            if base is None or not r.get(f"{t}_images_per_s"):
+                continue
+            med = r[f"{t}_images_per_s"] / base[f"{t}_images_per_s"]
+            best = (r.get(f"{t}_images_per_s_best") or 0) / (base.get(f"{t}_images_per_s_best") or math.inf)
+            lines.append(f"| {r['model']} | {r['dtype']} | {r['batch_size']} | {t} | {med:.2f}x | "
+                         + (f"{best:.2f}x |" if best else "- |"))  # fmt: skip
+    return lines
 
 
 def markdown(path: Path) -> str:
@@ -223,6 +249,7 @@ def markdown(path: Path) -> str:
         ) or "/".join(f"{row[k]:.0%}" for k in ("encode_share_of_matmul_peak", "decode_share_of_matmul_peak") if row.get(k) is not None)
         lines.append(f"| {row['model']} | {row['dtype']} | {row['batch_size']} | {'yes' if row['compile'] else ''} | "
                      f"{cell('encode')} | {cell('decode')} | {cell('sample')} | {cell('generate')} | {shares} |")
+    lines += ["", *half_ratios(data.get("table", []))]
     lines += ["", "| model | dtype | photos | token agreement | decode PSNR dB | NaN |", "|---|---|---|---|---|---|"]
     for a in data.get("agreement", []):
         agree = a.get("token_agreement", a.get("latent_max_rel_error"))
@@ -288,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     presets = args.presets or plan["presets"]
     dtypes = args.dtypes or plan["dtypes"]
     batches = args.batches or ([1, 8, 32] if gpu else [1, 8])
-    iters = args.iters or (5 if gpu else 2)
+    iters = args.iters or (5 if gpu else 3)
     warmup = 2 if gpu else 1
     if gpu:
         torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 (the exact path)
