@@ -62,3 +62,21 @@ def test_linear_module_keeps_nn_linear_parameters():
     x = torch.randn(2, 8)
     with torch.no_grad():
         assert torch.allclose(m(x), F.linear(x, m.weight, m.bias), atol=1e-6)
+
+
+@needs_onednn
+def test_every_fully_connected_layer_of_the_models_takes_the_route(golden, monkeypatch):
+    import titok_cli
+
+    tok = titok_cli.load_tokenizer(golden / "tok_vq_legacy_tiny")
+    gen = titok_cli.load_generator(golden / "gen_uvit_tiny")
+    for model in (tok, gen):
+        plain = [n for n, m in model.named_modules() if type(m) is torch.nn.Linear]
+        assert not plain, f"nn.Linear outside the oneDNN route: {plain}"
+    taken = []
+    original = layers._use_onednn
+    monkeypatch.setattr(layers, "_use_onednn", lambda x, w: taken.append(original(x, w)) or taken[-1])
+    ids = tok.encode(torch.rand(2, 3, tok.image_size, tok.image_size))
+    tok.decode(ids)
+    gen.generate(torch.tensor([1, 2]), num_steps=2, generator=torch.Generator().manual_seed(0))
+    assert taken and all(taken)  # inference: every call went to oneDNN
