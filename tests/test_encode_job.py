@@ -103,3 +103,30 @@ def test_malformed_token_files_are_refused(tok, tmp_path, golden):
     manifest_path(tmp_path / "good.npy").write_text(json.dumps({"format": "titok-tokens"}) + "\n")
     with pytest.raises(TokenFileError, match="0 rows"):
         load_tokens(good)
+
+
+def test_tree_is_walked_once_without_progress_and_twice_with(tok, photos, tmp_path, monkeypatch):
+    from titok_cli import encode_job
+
+    listed = []  # every file the walks yield
+    original = encode_job.iter_image_files
+
+    def counting(inputs):
+        for item in original(inputs):
+            listed.append(item)
+            yield item
+
+    monkeypatch.setattr(encode_job, "iter_image_files", counting)
+    quiet = encode_files([photos], tmp_path / "a.npy", tok)
+    assert len(listed) == 7 + 1  # the encoding walk, plus one file to know the input is not empty
+    listed.clear()
+    seen = []
+    shown = encode_files([photos], tmp_path / "b.npy", tok, progress=lambda done, total: seen.append((done, total)))
+    assert len(listed) == 2 * 7  # a progress display gets its total from a counting walk
+    assert quiet.count == shown.count == 7 and seen[-1] == (7, 7)
+    np.testing.assert_array_equal(load_tokens(tmp_path / "a.npy").tokens, load_tokens(tmp_path / "b.npy").tokens)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(titok_cli.errors.TitokError, match="no image files"):
+        encode_files([empty], tmp_path / "c.npy", tok)
+    assert not (tmp_path / "c.npy.partial").exists()

@@ -285,8 +285,16 @@ def encode_files(
         raise TitokError("shard size must be at least 1")
     inputs = [os.fspath(p) for p in inputs]
     rank, world = dist_info()
-    total = count_inputs(inputs)  # also raises ImageError for a missing input path
-    if total == 0:
+    # The full count is a second walk of the tree, paid only when a progress display wants the
+    # total; otherwise finding one image is enough to refuse an empty input (and a missing path
+    # raises ImageError either way).
+    if progress is not None:
+        total = count_inputs(inputs)
+        empty = total == 0
+    else:
+        total = None
+        empty = not is_webdataset(inputs) and next(iter(iter_image_files(inputs)), None) is None
+    if empty:
         raise TitokError(f"no image files found in {', '.join(inputs)}")
 
     cfg = tokenizer.config

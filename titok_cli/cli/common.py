@@ -160,13 +160,18 @@ def usage_error(message: str) -> Exception:
 # -- progress --------------------------------------------------------------------------------
 
 
+def draws_progress(quiet: bool) -> bool:
+    """Whether `progress_bar` would draw: not quiet, and stderr is a terminal."""
+    return not quiet and err_console().is_terminal
+
+
 @contextmanager
 def progress_bar(
     description: str, total: int | None, quiet: bool = False
 ) -> Iterator[Callable[[int, int | None], None]]:
     """Yield `update(done, total)`; draws a bar on stderr only when stderr is a terminal."""
     console = err_console()
-    if quiet or not console.is_terminal:
+    if not draws_progress(quiet):
         yield lambda done, total=None: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

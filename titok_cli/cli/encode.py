@@ -19,6 +19,7 @@ from .common import (
     note,
     plural,
     print_json,
+    draws_progress,
     progress_bar,
     say,
 )
@@ -76,10 +77,12 @@ def encode(
     from titok_cli import load_tokenizer
 
     tok = load_tokenizer(model, device=dev, dtype=dt)
-    with progress_bar("encoding", None, quiet or json_output or rank != 0) as update:
+    hide = quiet or json_output or rank != 0
+    with progress_bar("encoding", None, hide) as update:
         result = encode_files(
             inputs, output, tok, batch_size=batch_size, workers=workers, strict=strict,
-            exif_transpose=exif_transpose, progress=update, shard_size=shard_size,
+            exif_transpose=exif_transpose, shard_size=shard_size,
+            progress=update if draws_progress(hide) else None,  # no bar: no counting walk of the tree
         )  # fmt: skip
     if rank != 0:
         return  # rank 0 reports for everyone
