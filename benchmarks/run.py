@@ -138,6 +138,23 @@ class Recorder:
         tmp.write_text(json.dumps(self.data, indent=1, default=str) + "\n")
         tmp.replace(self.path)
 
+    def add_run(self, run: dict, peaks: dict, cpu_peaks: dict) -> None:
+        """Keep a run_benchmark result and its table row (marked with the run's phase, if any); save."""
+        self.data["runs"].append(run)
+        row = summarize(run, peaks, cpu_peaks)
+        if "phase" in run:
+            row["phase"] = run["phase"]
+        self.data.setdefault("table", []).append(row)
+        self.save()
+        print(json.dumps(row), flush=True)
+
+    def finish(self, started: float) -> int:
+        self.data["load_average_end"] = load_avg()
+        self.data["total_seconds"] = round(time.time() - started, 1)
+        self.save()
+        print(f"wrote {self.path} in {self.data['total_seconds']:.0f} s", flush=True)
+        return 0
+
 
 def fastest_gemm(device: torch.device, dtype: torch.dtype, n: int) -> tuple[str, object]:
     """The GEMM route that set this process's peak (see titok_cli.bench.gemm_backends)."""
@@ -281,12 +298,7 @@ def headline(rec: "Recorder", device: torch.device, preset: str, batch: int, tas
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         r.update(model=preset, phase="headline", seconds=round(time.time() - t0, 1), load_average=load_avg())
-        rec.data["runs"].append(r)
-        row = summarize(r, peaks, cpu_peaks)
-        row["phase"] = "headline"
-        rec.data.setdefault("table", []).append(row)
-        rec.save()
-        print(json.dumps(row), flush=True)
+        rec.add_run(r, peaks, cpu_peaks)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,11 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         for preset, batch, tasks in plan["headline"]:
             headline(rec, device, preset, batch, tasks, dtypes, iters, warmup, peaks, cpu_peaks)
         if args.headline_only:
-            rec.data["load_average_end"] = load_avg()
-            rec.data["total_seconds"] = round(time.time() - started, 1)
-            rec.save()
-            print(f"wrote {out} in {rec.data['total_seconds']:.0f} s", flush=True)
-            return 0
+            return rec.finish(started)
 
     if not gpu and not args.same_process and len(presets) > 1:
         # One fresh process per preset: measured in one process, an L-32 float32 decode at batch 8
@@ -379,11 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                                           "load_average_start", "load_average_end", "total_seconds")
             }  # fmt: skip
             rec.save()
-        rec.data["load_average_end"] = load_avg()
-        rec.data["total_seconds"] = round(time.time() - started, 1)
-        rec.save()
-        print(f"wrote {out} in {rec.data['total_seconds']:.0f} s", flush=True)
-        return 0
+        return rec.finish(started)
 
     for preset in presets:
         try:
@@ -419,11 +423,7 @@ def main(argv: list[str] | None = None) -> int:
                 r["seconds"] = round(time.time() - t0, 1)
                 r["fp32_gemm_just_before"] = gemm
                 r["load_average"] = load_avg()
-                rec.data["runs"].append(r)
-                row = summarize(r, peaks, cpu_peaks)
-                rec.data.setdefault("table", []).append(row)
-                rec.save()
-                print(json.dumps(row), flush=True)
+                rec.add_run(r, peaks, cpu_peaks)
             if dtype != "float32":
                 try:
                     ag = agreement(tok32, tok, device, chunk=8)
@@ -457,19 +457,11 @@ def main(argv: list[str] | None = None) -> int:
                 r["model"] = preset
                 r["seconds"] = round(time.time() - t0, 1)
                 r["load_average"] = load_avg()
-                rec.data["runs"].append(r)
-                row = summarize(r, peaks, cpu_peaks)
-                rec.data.setdefault("table", []).append(row)
-                rec.save()
-                print(json.dumps(row), flush=True)
+                rec.add_run(r, peaks, cpu_peaks)
                 del tok, gen
                 gc.collect()
 
-    rec.data["load_average_end"] = load_avg()
-    rec.data["total_seconds"] = round(time.time() - started, 1)
-    rec.save()
-    print(f"wrote {out} in {rec.data['total_seconds']:.0f} s", flush=True)
-    return 0
+    return rec.finish(started)
 
 
 if __name__ == "__main__":

@@ -59,12 +59,9 @@ def gemm_check() -> dict[str, float]:
 
 
 def timed(fn, batch: int, iters: int) -> dict:
-    fn()  # warm-up
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+    from titok_cli.bench import _time  # the timing loop of run_benchmark: one warm-up, then `iters` calls
+
+    times, _ = _time(fn, torch.device("cpu"), warmup=1, iters=iters)
     return {"images_per_s": batch / statistics.median(times), "seconds": [round(t, 3) for t in times]}
 
 

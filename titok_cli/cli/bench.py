@@ -151,4 +151,3 @@ def bench(
     notes = [n for n in notes if not n.startswith("random weights:")]  # the table says it already
     if notes and not quiet:
         warn("; ".join(notes))
-

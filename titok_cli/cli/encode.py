@@ -15,11 +15,11 @@ from .common import (
     QuietOpt,
     check_output_file,
     device_and_dtype,
+    draws_progress,
     err_console,
     note,
     plural,
     print_json,
-    draws_progress,
     progress_bar,
     say,
 )
