@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 import titok_cli
 from titok_cli.config import read_config_file
-from titok_cli.models import layers, pixel_decoder
+from titok_cli import runtime
 
 from .conftest import GENERATOR_CASES, TOKENIZER_CASES, load_meta
 
@@ -27,9 +27,7 @@ ROUTES = ("onednn-channels-last", "aten-nchw")
 @contextmanager
 def cpu_route(route: str):
     fast = route == "onednn-channels-last"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(layers, "_ONEDNN_LINEAR", fast and layers._ONEDNN_LINEAR)
-        mp.setattr(pixel_decoder, "FLOAT32_CHANNELS_LAST", fast)
+    with runtime.switches(TITOK_CPU_LINEAR="onednn" if fast else "aten", TITOK_CHANNELS_LAST="1" if fast else "0"):
         yield
 
 

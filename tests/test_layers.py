@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from titok_cli import runtime
 from titok_cli.models import layers
 
-needs_onednn = pytest.mark.skipif(not layers._ONEDNN_LINEAR, reason="this torch build has no oneDNN linear op")
+needs_onednn = pytest.mark.skipif(not runtime.onednn_linear(), reason="this torch build has no oneDNN linear op")
 
 
 def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,3 +81,13 @@ def test_every_fully_connected_layer_of_the_models_takes_the_route(golden, monke
     tok.decode(ids)
     gen.generate(torch.tensor([1, 2]), num_steps=2, generator=torch.Generator().manual_seed(0))
     assert taken and all(taken)  # inference: every call went to oneDNN
+
+
+@needs_onednn
+def test_aten_switch_turns_the_route_off():
+    x, w, b = _data()
+    with torch.inference_mode():
+        with runtime.switches(TITOK_CPU_LINEAR="aten"):
+            assert not layers._use_onednn(x, w)
+            assert torch.equal(layers.linear(x, w, b), F.linear(x, w, b))  # ATen itself, bit for bit
+        assert layers._use_onednn(x, w)  # restored on leaving the block

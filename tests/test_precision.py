@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import titok_cli
-from titok_cli.models import pixel_decoder
+from titok_cli import runtime
 from titok_cli.preprocess import load_image, to_tensor
 
 from .conftest import GENERATOR_CASES, TOKENIZER_CASES
@@ -71,7 +71,7 @@ def test_what_stays_float32(golden):
     assert tok.quantize.embedding.weight.dtype == torch.float32
     tok.float()
     w = tok.pixel_decoder.conv_in.weight
-    fmt = torch.channels_last if pixel_decoder.FLOAT32_CHANNELS_LAST else torch.contiguous_format  # CPU float32
+    fmt = torch.channels_last if runtime.float32_channels_last() else torch.contiguous_format  # CPU float32
     assert w.dtype == torch.float32 and w.is_contiguous(memory_format=fmt)
     assert all(p.dtype == torch.float32 for p in tok.parameters())
 

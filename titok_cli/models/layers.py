@@ -7,13 +7,11 @@ Attribute names follow the CLIP-style layout of the official checkpoints
 
 from __future__ import annotations
 
-import os
-import platform
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import runtime
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -25,20 +23,14 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 # REFERENCE.md section 9). bfloat16: ATen already uses oneDNN, so the product is bit-identical;
 # calling the op directly lets GELU fuse into the GEMM (10-20% on the MLP's first layer).
 # Only on x86-64, where it was measured; elsewhere (ARM) F.linear keeps its own backend.
-# TITOK_CPU_LINEAR=aten restores F.linear everywhere.
-_ONEDNN_LINEAR = (
-    os.environ.get("TITOK_CPU_LINEAR", "onednn") != "aten"
-    and platform.machine().lower() in ("x86_64", "amd64")
-    and torch.backends.mkldnn.is_available()
-    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-)
+# TITOK_CPU_LINEAR=aten restores F.linear everywhere (runtime.onednn_linear decides, read once).
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """oneDNN only for CPU inference in float32 / bfloat16; autograd and torch.compile keep F.linear."""
     return (
-        _ONEDNN_LINEAR
+        runtime.onednn_linear()
         and x.dtype in _ONEDNN_DTYPES
         and weight.dtype == x.dtype
         and x.device.type == "cpu"
@@ -48,7 +40,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.linear; CPU inference goes through oneDNN (see _ONEDNN_LINEAR)."""
+    """F.linear; CPU inference goes through oneDNN (see runtime.onednn_linear)."""
     if _use_onednn(x, weight):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
@@ -59,6 +51,13 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if _use_onednn(x, weight):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
     return F.gelu(F.linear(x, weight, bias))
+
+
+def __getattr__(name: str):
+    # `_ONEDNN_LINEAR` was a module constant; bench.py still reads it until it asks runtime.
+    if name == "_ONEDNN_LINEAR":
+        return runtime.onednn_linear()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Linear(nn.Linear):

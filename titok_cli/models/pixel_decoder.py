@@ -9,8 +9,9 @@ NaN; bfloat16 keeps float32's exponent range, and GroupNorm accumulates in float
 PyTorch's kernels). float16 is refused here: its parameters stay float32 and it runs in float32,
 because float16 VQGAN decoders are known to overflow into NaN/inf. In bfloat16 the convolutions
 run channels-last (oneDNN/AMX on CPU, tensor cores on GPU), about twice as fast as NCHW bfloat16
-on our CPU. float32 runs channels-last on AMD CPUs (1.15x there) and NCHW elsewhere (measured no
-faster on Intel); see `_float32_channels_last`.
+on our CPU. float32 runs channels-last on AMD CPUs (1.15x there, benchmarks/README.md) and NCHW
+elsewhere (measured no faster on Intel); `runtime.float32_channels_last` decides, and
+TITOK_CHANNELS_LAST=1/0 overrides it.
 
 Speed without changing results beyond float rounding (REFERENCE.md section 9):
   * nearest x2 upsampling followed by a 3x3 conv is computed as one 2x2 conv per output phase on
@@ -24,29 +25,14 @@ Speed without changing results beyond float rounding (REFERENCE.md section 9):
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import runtime
 from .layers import HALF_DTYPES, KeepsFloat32
 
-def _float32_channels_last() -> bool:
-    """CPU float32 layout: channels-last on AMD CPUs, where oneDNN runs this decoder 1.15x faster
-    (measured, benchmarks/README.md); NCHW elsewhere (no faster on Intel in round 2). Same values up
-    to summation order. TITOK_CHANNELS_LAST=1/0 overrides."""
-    forced = os.environ.get("TITOK_CHANNELS_LAST")
-    if forced in ("0", "1"):
-        return forced == "1"
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            return any("AuthenticAMD" in line for line, _ in zip(f, range(64)))
-    except OSError:
-        return False
 
-
-FLOAT32_CHANNELS_LAST = _float32_channels_last()
 CHANNEL_MULT = (1, 1, 2, 2, 4)
 NUM_RES_BLOCKS = 2
 Z_CHANNELS = 256
@@ -182,7 +168,7 @@ class PixelDecoder(KeepsFloat32):
 
     @property
     def memory_format(self) -> torch.memory_format:
-        if self.conv_in.weight.dtype in HALF_DTYPES or (FLOAT32_CHANNELS_LAST and self.conv_in.weight.device.type == "cpu"):
+        if self.conv_in.weight.dtype in HALF_DTYPES or (runtime.float32_channels_last() and self.conv_in.weight.device.type == "cpu"):
             return torch.channels_last
         return torch.contiguous_format
 
