@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import ChainMap
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -149,49 +150,113 @@ class GeneratorConfig:
 
 
 _REF = re.compile(r"\$\{([^}]+)\}")
+_Path = tuple  # a node's location: keys (and list indices) from the document root
+
+
+def _node_at(doc: Any, path: tuple, ref: str) -> Any:
+    node = doc
+    for part in path:
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and str(part).isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise ConfigError(f"config.json: reference ${{{ref}}} points to nothing")
+    return node
+
+
+def _target(ref: str, holder: _Path) -> _Path:
+    """Where `${ref}` points. Absolute `a.b`; relative as in OmegaConf: the first dot is the node
+    holding the value (`${.x}`: a sibling key), each further dot one level up (`${..x}`)."""
+    if ":" in ref.split(".")[0]:
+        raise ConfigError(f"config.json: resolver ${{{ref}}} is not supported (only references to keys)")
+    if not ref.startswith("."):
+        return tuple(p for p in ref.split(".") if p)
+    dots = len(ref) - len(ref.lstrip("."))
+    if dots - 1 > len(holder):
+        raise ConfigError(f"config.json: reference ${{{ref}}} climbs above the document root")
+    base = holder[: len(holder) - (dots - 1)]
+    return base + tuple(p for p in ref[dots:].split(".") if p)
+
+
+def _resolve(doc: Mapping[str, Any], value: Any, where: _Path, seen: tuple = ()) -> Any:
+    """`value`, found at `where`, with every `${...}` in it (and below it) resolved."""
+    if isinstance(value, Mapping):
+        return {k: _resolve(doc, v, where + (k,), seen) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(doc, v, where + (str(i),), seen) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def lookup(ref: str) -> Any:
+        target = _target(ref.strip(), where[:-1])
+        if target in seen:
+            raise ConfigError(f"config.json: circular reference ${{{ref.strip()}}}")
+        return _resolve(doc, _node_at(doc, target, ref.strip()), target, seen + (target,))
+
+    whole = _REF.fullmatch(value.strip())
+    if whole:
+        return lookup(whole.group(1))
+    return _REF.sub(lambda m: str(lookup(m.group(1))), value)
 
 
 def resolve_interpolations(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """Resolve OmegaConf-style `${a.b.c}` strings against the same document.
+    """Resolve every OmegaConf-style `${a.b.c}` / `${.x}` / `${..x}` in the document (strict).
 
-    The official config.json files keep such references unresolved (for example
-    `image_seq_len: "${model.vq_model.num_latent_tokens}"`).
+    Loading does not need this: it resolves only the keys it reads (`read_section`), so a
+    dangling reference in a key we never read (`experiment.output_dir`) does no harm.
     """
-
-    def lookup(path: str, seen: tuple[str, ...]) -> Any:
-        if path in seen:
-            raise ConfigError(f"config.json: circular reference ${{{path}}}")
-        node: Any = doc
-        for part in path.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                raise ConfigError(f"config.json: reference ${{{path}}} points to nothing")
-            node = node[part]
-        return resolve(node, seen + (path,))
-
-    def resolve(node: Any, seen: tuple[str, ...]) -> Any:
-        if isinstance(node, Mapping):
-            return {k: resolve(v, seen) for k, v in node.items()}
-        if isinstance(node, list):
-            return [resolve(v, seen) for v in node]
-        if isinstance(node, str):
-            whole = _REF.fullmatch(node.strip())
-            if whole:
-                return lookup(whole.group(1).strip(), seen)
-            return _REF.sub(lambda m: str(lookup(m.group(1).strip(), seen)), node)
-        return node
-
-    return resolve(doc, ())
+    return _resolve(doc, dict(doc), ())
 
 
-def _section(doc: Mapping[str, Any], *path: str) -> dict[str, Any]:
+class Section(Mapping):
+    """A mapping of the document read lazily: a value's interpolations resolve when it is read."""
+
+    def __init__(self, doc: Mapping[str, Any], path: tuple, node: Mapping[str, Any]) -> None:
+        self._doc, self._path, self._node = doc, path, node
+
+    def __getitem__(self, key: str) -> Any:
+        return _resolve(self._doc, self._node[key], self._path + (key,))
+
+    def __iter__(self):
+        return iter(self._node)
+
+    def __len__(self) -> int:
+        return len(self._node)
+
+
+def read_section(doc: Mapping[str, Any], *path: str) -> Section:
+    """The mapping at `path` (empty when absent); values resolve their `${...}` when read."""
     node: Any = doc
     for part in path:
         node = node.get(part) if isinstance(node, Mapping) else None
         if node is None:
-            return {}
+            return Section(doc, tuple(path), {})
     if not isinstance(node, Mapping):
         raise ConfigError(f"config.json: {'.'.join(path)} is not a mapping")
-    return dict(node)
+    return Section(doc, tuple(path), node)
+
+
+_section = read_section
+
+
+# Sizes a config may ask for, checked before any tensor is built: the largest official model is
+# far inside these, and a hostile config.json (hidden size 10**9, negative token counts) is refused.
+SIZE_LIMITS: dict[str, tuple[int, int]] = {
+    "image_size": (16, 4096),
+    "num_latent_tokens": (1, 4096),
+    "image_seq_len": (1, 4096),
+    "token_size": (1, 4096),
+    "codebook_size": (1, 1 << 20),
+    "vit_enc_patch_size": (1, 256),
+    "vit_dec_patch_size": (1, 256),
+    "pixel_hidden_channels": (1, 2048),
+    "condition_num_classes": (1, 1 << 20),
+    "hidden_size": (1, 16384),
+    "num_hidden_layers": (1, 256),
+    "num_attention_heads": (1, 256),
+    "intermediate_size": (1, 65536),
+}
 
 
 def _typed(cls: type, values: Mapping[str, Any]) -> Any:
@@ -216,6 +281,9 @@ def _typed(cls: type, values: Mapping[str, Any]) -> Any:
                 value = str(value)
         except (TypeError, ValueError):
             raise ConfigError(f"config.json: {f.name} = {value!r} has the wrong type") from None
+        limits = SIZE_LIMITS.get(f.name)
+        if limits is not None and not limits[0] <= value <= limits[1]:
+            raise ConfigError(f"config.json: {f.name} = {value!r} is out of range ({limits[0]} to {limits[1]:,})")
         kwargs[f.name] = value
     return cls(**kwargs)
 
@@ -231,29 +299,26 @@ def has_generator(doc: Mapping[str, Any]) -> bool:
 
 def tokenizer_config_from_dict(doc: Mapping[str, Any]) -> TokenizerConfig:
     """Read the official nested config (model.vq_model + dataset.preprocessing.crop_size)."""
-    doc = resolve_interpolations(doc)
     vq = _section(doc, "model", "vq_model")
     if not vq:
         raise ConfigError("config.json has no model.vq_model section: not a TiTok tokenizer config")
     crop = _section(doc, "dataset", "preprocessing").get("crop_size", 256)
-    cfg = _typed(TokenizerConfig, {**vq, "image_size": crop})
+    cfg = _typed(TokenizerConfig, ChainMap({"image_size": crop}, vq))
     return replace(cfg, codebook_size=None) if cfg.is_vae else cfg  # continuous latents: no codebook
 
 
 def generator_config_from_dict(doc: Mapping[str, Any]) -> GeneratorConfig:
     """Read the official nested config (model.generator + model.vq_model.codebook_size)."""
-    doc = resolve_interpolations(doc)
     gen = _section(doc, "model", "generator")
     if not gen:
         raise ConfigError("config.json has no model.generator section: not a TiTok generator config")
     vq = _section(doc, "model", "vq_model")
-    values = dict(gen)
+    values: dict[str, Any] = {"image_size": _section(doc, "dataset", "preprocessing").get("crop_size", 256)}
     if "codebook_size" in vq:
         values["codebook_size"] = vq["codebook_size"]
-    if "image_seq_len" not in values and "num_latent_tokens" in vq:
+    if "image_seq_len" not in gen and "num_latent_tokens" in vq:
         values["image_seq_len"] = vq["num_latent_tokens"]
-    values["image_size"] = _section(doc, "dataset", "preprocessing").get("crop_size", 256)
-    return _typed(GeneratorConfig, values)
+    return _typed(GeneratorConfig, ChainMap(values, gen))
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

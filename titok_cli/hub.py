@@ -1,71 +1,129 @@
-"""Where weights come from: a preset name, a Hub repo, a local folder, or a single file.
+"""Where weights come from: a registry name, a Hub repo (or one file in it), a local folder or file.
 
-Everything ends in a strict load: missing, unexpected or mis-shaped keys are listed in
-one error. Pickled `.bin` files are opened only with `torch.load(weights_only=True)`.
+Accepted spellings of a model (`resolve`):
+  * a registry name: `titok-l32` (a tokenizer's name selects its paired generator and back);
+  * a Hub repo id `owner/name`, optionally `owner/name@revision`, holding config.json + weights;
+  * one file of a Hub repo: `owner/name:file` or `owner/name@revision:file`, e.g. the official
+    single-file checkpoints `fun-research/TiTok:tokenizer_titok_l32.bin`;
+  * a local folder with config.json + model.safetensors (or pytorch_model.bin);
+  * a local weights file, with a config.json beside it, a `preset`, or a registry file name
+    (`tokenizer_titok_l32.bin`) that says which architecture it is.
+Network access goes through huggingface_hub (its cache, HF_HUB_OFFLINE, HF_TOKEN, HF_ENDPOINT); when
+the Hub cannot be reached, one short probe says so and only the cache is used.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
-import re
 import shutil
-import zipfile
-from dataclasses import dataclass, field
+import socket
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
-
-import torch
-from torch import nn
+from typing import Any
+from urllib.parse import urlparse
 
 from . import registry
-from .config import has_generator, has_tokenizer, read_config_file
+from .config import read_config_file
 from .errors import CheckpointError, ConfigError, HubError, UnknownModelError
+from .source import Source, read_provenance, recognise, repo_of_cache_folder
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-IGNORED_KEYS = ("model.embeddings.position_ids",)  # a buffer some BERT checkpoints carry
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+PROBE_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class HubSpec:
+    """A model named on the Hub: `owner/name[@revision][:file]`."""
+
+    repo: str
+    revision: str | None = None
+    filename: str | None = None
+
+    def __str__(self) -> str:
+        rev = f"@{self.revision}" if self.revision else ""
+        return f"{self.repo}{rev}" + (f":{self.filename}" if self.filename else "")
+
+
+def parse_hub_spec(text: str) -> HubSpec | None:
+    """`owner/name[@revision][:file]` -> HubSpec, or None when `text` is no Hub repo id
+    (checked by huggingface_hub's own validator; a bare `name` without owner is not taken)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    head, _, filename = text.strip().partition(":")
+    repo, _, revision = head.partition("@")
+    if "/" not in repo:
+        return None
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        return None
+    return HubSpec(repo, revision or None, filename or None)
 
 
 @dataclass
-class ResolvedSource:
-    """A checkpoint located on disk, plus how it was found (for manifests and messages)."""
+class Resolved:
+    """A checkpoint located on disk: its config document and where it came from."""
 
     config: dict[str, Any]
-    weights: Path | None  # None: architecture only (random weights)
-    entry: registry.ModelEntry | None = None
-    repo: str | None = None
-    revision: str | None = None
-    local_path: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        if self.entry is not None:
-            return self.entry.name
-        return self.repo or self.local_path or "unknown"
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "repo": self.repo,
-            "revision": self.revision,
-            "local_path": self.local_path,
-            "weights": str(self.weights) if self.weights else None,
-        }
+    source: Source
 
 
-def split_revision(source: str) -> tuple[str, str | None]:
-    """`owner/name@rev` -> (`owner/name`, `rev`)."""
-    if "@" in source and not os.path.exists(source):
-        repo, rev = source.rsplit("@", 1)
-        return repo, rev or None
-    return source, None
+# -- the network -------------------------------------------------------------------------------
+
+
+def _probe_target() -> tuple[str, int]:
+    from huggingface_hub import constants
+
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("ALL_PROXY")
+    url = urlparse(proxy or constants.ENDPOINT)
+    return url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+
+
+@lru_cache(maxsize=4)
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_SECONDS):
+            return True
+    except OSError:
+        return False
+
+
+def hub_reachable() -> bool:
+    """One TCP connect (at most PROBE_SECONDS) to the Hub endpoint or proxy, once per process."""
+    return _reachable(*_probe_target())
+
+
+def _cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _download(repo: str, filename: str, revision: str | None, local_dir: str | None, cache_only: bool) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo, filename, revision=revision, local_dir=local_dir,
+                                    local_files_only=cache_only))  # fmt: skip
+    except LocalEntryNotFoundError:
+        if local_dir is None:
+            raise
+        # Offline with a local_dir: huggingface_hub does not look in its cache then; we do.
+        cached = Path(hf_hub_download(repo, filename, revision=revision, local_files_only=True))
+        target = Path(local_dir) / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cached, target)
+        return target
 
 
 def hub_file(repo: str, filename: str, revision: str | None = None, local_dir: str | None = None) -> Path:
-    """One file from the Hub through huggingface_hub (its cache, HF_HUB_OFFLINE, HF_TOKEN)."""
-    from huggingface_hub import hf_hub_download
+    """One file from the Hub (or its cache); errors name the repo and file asked for.
+
+    Raises FileNotFoundError when the repo exists but lacks the file.
+    """
+    from huggingface_hub import constants
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
@@ -75,18 +133,9 @@ def hub_file(repo: str, filename: str, revision: str | None = None, local_dir: s
     )
 
     where = f"{repo}/{filename}" + (f"@{revision}" if revision else "")
+    cache_only = bool(constants.HF_HUB_OFFLINE) or not hub_reachable()
     try:
-        try:
-            return Path(hf_hub_download(repo, filename, revision=revision, local_dir=local_dir))
-        except LocalEntryNotFoundError:
-            if local_dir is None:
-                raise
-            # Offline with --local-dir: huggingface_hub does not look in its cache then; we do.
-            cached = Path(hf_hub_download(repo, filename, revision=revision))
-            target = Path(local_dir) / filename
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(cached, target)
-            return target
+        return _download(repo, filename, revision, local_dir, cache_only)
     except GatedRepoError:
         raise HubError(f"{where}: the repository is gated; log in or set HF_TOKEN") from None
     except RepositoryNotFoundError:
@@ -94,10 +143,12 @@ def hub_file(repo: str, filename: str, revision: str | None = None, local_dir: s
     except RevisionNotFoundError:
         raise HubError(f"{where}: revision {revision!r} does not exist") from None
     except LocalEntryNotFoundError:
+        why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else
+               f"the Hub ({constants.ENDPOINT}) cannot be reached; set HF_HUB_OFFLINE=1 to skip the network")  # fmt: skip
         raise HubError(
-            f"{where} is not in the local Hugging Face cache and the Hub cannot be reached "
-            "(offline?); download it elsewhere with `titok download` and copy the cache, "
-            "or pass a local folder holding config.json + model.safetensors (e.g. --model /path/to/folder)"
+            f"{where} is not in the local Hugging Face cache ({_cache_dir()}) and {why}; download it "
+            "elsewhere with `titok download` and copy the cache, or pass a local folder holding "
+            "config.json + model.safetensors (e.g. --model /path/to/folder)"
         ) from None
     except EntryNotFoundError:
         raise FileNotFoundError(where) from None
@@ -105,7 +156,8 @@ def hub_file(repo: str, filename: str, revision: str | None = None, local_dir: s
         raise HubError(f"{where}: could not download ({exc})") from None
 
 
-def _hub_weights(repo: str, revision: str | None, local_dir: str | None = None) -> Path:
+def hub_weights(repo: str, revision: str | None, local_dir: str | None = None) -> Path:
+    """The first of WEIGHT_FILES that the repo holds."""
     for name in WEIGHT_FILES:
         try:
             return hub_file(repo, name, revision, local_dir)
@@ -114,129 +166,146 @@ def _hub_weights(repo: str, revision: str | None, local_dir: str | None = None) 
     raise HubError(f"{repo}: has neither {' nor '.join(WEIGHT_FILES)}")
 
 
-def _folder_weights(folder: Path) -> Path:
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    raise CheckpointError(f"{folder}: no {' or '.join(WEIGHT_FILES)} in this folder")
+# -- resolving a model name ----------------------------------------------------------------------
 
 
-def resolve(source: str | os.PathLike, kind: str, preset: str | None = None) -> ResolvedSource:
-    """Locate config and weights for `source` (see load_tokenizer for the accepted forms)."""
-    text = os.fspath(source)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        cfg_path = path / "config.json"
-        if cfg_path.is_file():
-            config = read_config_file(cfg_path)
-        elif preset:
-            config = registry.get(preset).config
-        else:
+def _of_kind(entry: registry.ModelEntry, kind: str) -> registry.ModelEntry:
+    if entry.kind == kind:
+        return entry
+    paired = entry.generator if kind == "generator" else entry.tokenizer
+    if not paired:
+        raise UnknownModelError(f"{entry.name} is a {entry.kind}; it has no paired {kind}")
+    return registry.get(paired)
+
+
+def _sampling_origin(kind: str, entry: registry.ModelEntry | None) -> str | None:
+    if kind != "generator":
+        return None
+    return "registry" if entry is not None and entry.sampling else "config"
+
+
+def _made(config: dict[str, Any], kind: str, entry: registry.ModelEntry | None, how: str | None,
+          **where: Any) -> Resolved:  # fmt: skip
+    if entry is None and how is None:
+        entry = recognise(config, kind)
+        how = "config" if entry is not None else None
+    src = Source(kind=kind, entry=entry, recognised_by=how, sampling_origin=_sampling_origin(kind, entry), **where)
+    return Resolved(config, src)
+
+
+def _preset_entry(preset: str, kind: str) -> registry.ModelEntry:
+    return _of_kind(registry.get(preset), kind)
+
+
+def _legacy_entry(filename: str, kind: str) -> registry.ModelEntry | None:
+    entry = registry.find_legacy_file(filename)
+    if entry is not None and entry.kind != kind:
+        raise ConfigError(
+            f"{filename} is the single-file checkpoint of the {entry.kind} {entry.name}, not a {kind}"
+        )
+    return entry
+
+
+def _folder(path: Path, kind: str, preset: str | None) -> Resolved:
+    weights = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"{path}: no {' or '.join(WEIGHT_FILES)} in this folder")
+    where = dict(weights=weights, local_path=str(path.resolve()))
+    if not (path / "config.json").is_file():
+        if not preset:
             raise ConfigError(f"{path}: no config.json in this folder (pass a preset to describe the architecture)")
-        return ResolvedSource(config, _folder_weights(path), local_path=str(path.resolve()),
-                              entry=registry.find(preset) if preset else None)  # fmt: skip
-    if path.is_file():
-        beside = path.parent / "config.json"
-        if preset:
-            config = registry.get(preset).config
-        elif path.name == "config.json":
-            return resolve(path.parent, kind)
-        elif beside.is_file():
-            config = read_config_file(beside)
-        else:
-            raise ConfigError(
-                f"{path}: a single weights file needs a preset naming its architecture "
-                f"(one of {', '.join(registry.available_models(kind))})"
-            )
-        return ResolvedSource(config, path, local_path=str(path.resolve()),
-                              entry=registry.find(preset) if preset else None)  # fmt: skip
-
-    entry = registry.find(text)
+        entry = _preset_entry(preset, kind)
+        return _made(entry.config, kind, entry, "preset", preset=entry.name, **where)
+    config = read_config_file(path / "config.json")
+    entry, _ = read_provenance(path, weights, kind)
     if entry is not None:
-        if entry.kind != kind:
-            paired = entry.generator if kind == "generator" else entry.tokenizer
-            if not paired:
-                raise UnknownModelError(f"{entry.name} is a {entry.kind}; it has no paired {kind}")
-            entry = registry.get(paired)
-        if entry.architecture_only or entry.repo is None:
-            raise UnknownModelError(
-                f"{entry.name} is architecture only: no public weights exist "
-                "(use it for benchmarks with random weights, or pass your own weights file with this preset)"
-            )
-        weights = _hub_weights(entry.repo, entry.revision)
-        return ResolvedSource(entry.config, weights, entry=entry, repo=entry.repo, revision=entry.revision)
+        return _made(config, kind, entry, "provenance", **where)
+    cached_repo = repo_of_cache_folder(path)
+    entry = registry.find(cached_repo) if cached_repo else None
+    if entry is not None and entry.kind == kind:
+        return _made(config, kind, entry, "hub-cache", repo=cached_repo, **where)
+    return _made(config, kind, None, None, **where)
 
-    repo, revision = split_revision(text)
-    if _REPO_ID.match(repo):
-        config = read_config_file(hub_file(repo, "config.json", revision))
-        weights = _hub_weights(repo, revision)
-        return ResolvedSource(config, weights, entry=registry.find(repo), repo=repo, revision=revision)
-    raise UnknownModelError(
-        f"{text!r} is not a file, a folder, a known model ({', '.join(registry.available_models(kind))}) "
-        "or a Hub repo id (owner/name)"
+
+def _file(path: Path, kind: str, preset: str | None) -> Resolved:
+    if path.name == "config.json":
+        return _folder(path.parent, kind, preset)
+    where = dict(weights=path, local_path=str(path.resolve()))
+    entry = _preset_entry(preset, kind) if preset else _legacy_entry(path.name, kind)
+    if entry is not None:
+        return _made(entry.config, kind, entry, "preset" if preset else "legacy-file", preset=entry.name, **where)
+    if (path.parent / "config.json").is_file():
+        return _made(read_config_file(path.parent / "config.json"), kind, None, None, **where)
+    raise ConfigError(
+        f"{path}: a single weights file needs a preset naming its architecture "
+        f"(one of {', '.join(registry.available_models(kind))}), a config.json beside it, "
+        "or an official file name such as tokenizer_titok_l32.bin"
     )
 
 
-# -- reading weights ----------------------------------------------------------------------
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors from a .safetensors file, or from a pickled state dict loaded with weights_only."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: empty file")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+def _hub(spec: HubSpec, kind: str, preset: str | None) -> Resolved:
+    repo, rev = spec.repo, spec.revision
+    if spec.filename is None:
+        config = read_config_file(hub_file(repo, "config.json", rev))
+        weights = hub_weights(repo, rev)
+        entry = registry.find(repo)
+        entry = entry if entry is not None and entry.kind == kind else None
+        return _made(config, kind, entry, "repo" if entry else None, weights=weights, repo=repo, revision=rev)
+    entry = _preset_entry(preset, kind) if preset else _legacy_entry(spec.filename, kind)
+    where = dict(repo=repo, revision=rev, filename=spec.filename)
+    if entry is not None:
+        weights = hub_file(repo, spec.filename, rev)
+        return _made(entry.config, kind, entry, "preset" if preset else "legacy-file", preset=entry.name,
+                     weights=weights, **where)  # fmt: skip
+    folder = spec.filename.rpartition("/")[0]
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise CheckpointError(f"{path}: refused to unpickle: the file holds more than tensors ({first})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as exc:
-        raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint ({exc})") from None
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors")
-    return dict(obj)
+        config = read_config_file(hub_file(repo, f"{folder}/config.json" if folder else "config.json", rev))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{spec}: no config.json beside this file in the repo; pass a preset naming its architecture "
+            f"(one of {', '.join(registry.available_models(kind))})"
+        ) from None
+    return _made(config, kind, None, None, weights=hub_file(repo, spec.filename, rev), **where)
 
 
-def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
-    """Raise one CheckpointError naming every missing, unexpected or mis-shaped key."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k} {list(state[k].shape)} (expected {list(expected[k].shape)})"
-        for k in expected
-        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
-    problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-        if keys:
-            shown = ", ".join(keys[:8]) + (f", ... ({len(keys) - 8} more)" if len(keys) > 8 else "")
-            problems.append(f"{len(keys)} {label}: {shown}")
-    if problems:
-        raise CheckpointError(f"{where}: weights do not fit the architecture: " + "; ".join(problems))
+def _registry(entry: registry.ModelEntry, kind: str) -> Resolved:
+    entry = _of_kind(entry, kind)
+    if entry.architecture_only or entry.repo is None:
+        raise UnknownModelError(
+            f"{entry.name} is architecture only: no public weights exist "
+            "(use it for benchmarks with random weights, or pass your own weights file with this preset)"
+        )
+    try:  # the repo's own config.json, as for a downloaded folder; the registry's copy otherwise
+        config = read_config_file(hub_file(entry.repo, "config.json", entry.revision))
+    except FileNotFoundError:
+        config = entry.config
+    weights = hub_weights(entry.repo, entry.revision)
+    return _made(config, kind, entry, "name", weights=weights, repo=entry.repo, revision=entry.revision)
 
 
-def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> nn.Module:
-    """Strictly load `state` into `model` (which may live on the meta device)."""
-    state = {k: v for k, v in state.items() if k not in IGNORED_KEYS}
-    check_state_dict(model, state, where)
-    ref = model.state_dict()
-    state = {k: v.to(ref[k].dtype) if v.dtype != ref[k].dtype else v for k, v in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
-    return model
+_CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
-def has_kind(config: Mapping[str, Any], kind: str) -> bool:
-    return has_tokenizer(config) if kind == "tokenizer" else has_generator(config)
+def resolve(source: str | os.PathLike, kind: str, preset: str | None = None) -> Resolved:
+    """Locate config and weights for `source` (the spellings are in this module's docstring)."""
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.suffix.lower() in _CONFIG_SUFFIXES:
+        raise ConfigError(
+            f"{path}: a YAML training config describes a model but holds no weights; pass the folder "
+            "with config.json + model.safetensors, or the weights file with a preset "
+            "(e.g. tokenizer_titok_l32.bin, preset titok-l32)"
+        )
+    if path.is_dir():
+        return _folder(path, kind, preset)
+    if path.is_file():
+        return _file(path, kind, preset)
+    entry = registry.find(text)
+    if entry is not None:
+        return _registry(entry, kind)
+    spec = parse_hub_spec(text)
+    if spec is not None and not text.startswith((".", "/", "~")):
+        return _hub(spec, kind, preset)
+    if text.startswith((".", "/", "~")) or path.suffix in (".safetensors", ".bin", ".pt", ".pth", ".json"):
+        raise CheckpointError(f"{path}: no such file or folder")
+    raise registry.unknown_model(text, kind, "a file, a folder, a known model or a Hub repo id")

@@ -7,9 +7,10 @@ from dataclasses import replace
 
 import torch
 
+from .checkpoint import has_kind, load_into, read_state_dict
 from .config import generator_config_from_dict, tokenizer_config_from_dict
 from .errors import ConfigError
-from .hub import ResolvedSource, has_kind, load_into, read_state_dict, resolve
+from .hub import Resolved, resolve
 from .models.generator import TiTokGenerator
 from .models.tokenizer import TiTokTokenizer
 
@@ -22,14 +23,21 @@ def _device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def _finish(model: torch.nn.Module, src: ResolvedSource, device, dtype) -> torch.nn.Module:
+def _where(found: Resolved) -> str:
+    src = found.source
     where = str(src.weights)
-    load_into(model, read_state_dict(src.weights), where)
+    if src.recognised_by in ("preset", "legacy-file"):
+        where += f" (read as preset {src.preset})"
+    return where
+
+
+def _finish(model: torch.nn.Module, found: Resolved, device, dtype) -> torch.nn.Module:
+    assert found.source.weights is not None
+    load_into(model, read_state_dict(found.source.weights, model), _where(found))
     model.to(device=_device(device))
     if dtype is not None:
         model.to(dtype=dtype)
     model.eval()
-    model.source = src  # type: ignore[attr-defined]  # how it was found, for manifests
     return model
 
 
@@ -39,20 +47,21 @@ def load_tokenizer(
     dtype: torch.dtype | None = None,
     preset: str | None = None,
 ) -> TiTokTokenizer:
-    """A tokenizer ready for inference.
+    """A tokenizer ready for inference; `model.source` says where its weights came from.
 
     `source`: a registry name (`titok-l32`), a Hub repo id (`owner/name`, optionally
-    `@revision`), a local folder with config.json + model.safetensors (or
-    pytorch_model.bin), or a single weights file (then `preset` names the architecture
-    unless a config.json sits beside it).
+    `@revision`), one file of a Hub repo (`fun-research/TiTok:tokenizer_titok_l32.bin`), a
+    local folder with config.json + model.safetensors (or pytorch_model.bin), or a single
+    weights file (its architecture from `preset`, a config.json beside it, or its official
+    file name).
     """
-    src = resolve(source, "tokenizer", preset)
-    if not has_kind(src.config, "tokenizer"):
+    found = resolve(source, "tokenizer", preset)
+    if not has_kind(found.config, "tokenizer"):
         raise ConfigError(f"{source}: config.json describes no tokenizer (model.vq_model is missing)")
-    cfg = tokenizer_config_from_dict(src.config)
+    cfg = tokenizer_config_from_dict(found.config)
     with torch.device("meta"):
-        model = TiTokTokenizer(cfg)
-    return _finish(model, src, device, dtype)  # type: ignore[return-value]
+        model = TiTokTokenizer(cfg, source=found.source)
+    return _finish(model, found, device, dtype)  # type: ignore[return-value]
 
 
 def load_generator(
@@ -63,15 +72,17 @@ def load_generator(
 ) -> TiTokGenerator:
     """A generator ready for sampling; a tokenizer's name selects its paired generator.
 
-    Registry entries carry the official sampling defaults, which replace the training
-    values in config.json (those are the defaults of `generate`).
+    Weights recognised as a registry checkpoint (see `titok_cli.source`) sample with the
+    official settings, which replace the training values in config.json; others use their
+    config's values and the documented defaults (`model.source.sampling_origin == "config"`).
     """
-    src = resolve(source, "generator", preset)
-    if not has_kind(src.config, "generator"):
+    found = resolve(source, "generator", preset)
+    if not has_kind(found.config, "generator"):
         raise ConfigError(f"{source}: config.json describes no generator (model.generator is missing)")
-    cfg = generator_config_from_dict(src.config)
-    if src.entry is not None and src.entry.sampling:
-        cfg = replace(cfg, **src.entry.sampling)
+    cfg = generator_config_from_dict(found.config)
+    entry = found.source.entry
+    if entry is not None and entry.sampling:
+        cfg = replace(cfg, **entry.sampling)
     with torch.device("meta"):
-        model = TiTokGenerator.from_config(cfg)
-    return _finish(model, src, device, dtype)  # type: ignore[return-value]
+        model = TiTokGenerator.from_config(cfg, source=found.source)
+    return _finish(model, found, device, dtype)  # type: ignore[return-value]

@@ -96,12 +96,32 @@ def find(name: str) -> ModelEntry | None:
     return None
 
 
+def find_legacy_file(filename: str) -> ModelEntry | None:
+    """The entry whose single-file copy in fun-research/TiTok is called `filename` (any folder)."""
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1].lower()
+    return next((e for e in _entries().values() if e.legacy_file and e.legacy_file.lower() == base), None)
+
+
+def close_matches(name: str, kind: str | None = None) -> list[str]:
+    """Known names that look like `name` (for "did you mean" hints)."""
+    import difflib
+
+    return difflib.get_close_matches(name.strip().lower(), available_models(kind), n=3, cutoff=0.6)
+
+
+def unknown_model(name: str, kind: str | None = None, what: str = "a known model") -> UnknownModelError:
+    """The error for a name that is nothing we know: close matches first, then every known name."""
+    close = close_matches(name, kind)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return UnknownModelError(
+        f"{name!r} is not {what}; {hint}known names: {', '.join(available_models(kind))} "
+        "(or give a local folder, a weights file, a Hub repo id owner/name, or owner/name:file)"
+    )
+
+
 def get(name: str) -> ModelEntry:
-    """Like `find`, but an unknown name raises an error listing the valid ones."""
+    """Like `find`, but an unknown name raises an error suggesting close matches."""
     entry = find(name)
     if entry is None:
-        raise UnknownModelError(
-            f"unknown model {name!r}; known names: {', '.join(available_models())} "
-            "(or give a local folder, a weights file, or a Hub repo id owner/name)"
-        )
+        raise unknown_model(name)
     return entry

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import GeneratorConfig, generator_config_from_dict
+from ..source import Source
 from .layers import Linear, linear_gelu
 
 
@@ -30,16 +31,17 @@ class TiTokGenerator(nn.Module):
     """Common interface: logits for partially masked ids, and MaskGIT sampling."""
 
     config: GeneratorConfig
+    source: Source | None  # where the weights came from (set by loading)
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | GeneratorConfig) -> "TiTokGenerator":
+    def from_config(cls, cfg: Mapping[str, Any] | GeneratorConfig, source: Source | None = None) -> "TiTokGenerator":
         """Build with random weights from the official nested config dict (no I/O)."""
         if not isinstance(cfg, GeneratorConfig):
             cfg = generator_config_from_dict(cfg)
         model_cls = BertGenerator if cfg.model_type == "ViT" else UViTGenerator
         if cls is not TiTokGenerator and not issubclass(model_cls, cls):
             raise TypeError(f"{cls.__name__} cannot build model_type {cfg.model_type!r}")
-        return model_cls(cfg)
+        return model_cls(cfg, source)
 
     @property
     def device(self) -> torch.device:
@@ -222,9 +224,9 @@ class BertBackbone(nn.Module):
 class BertGenerator(TiTokGenerator):
     """The official "ViT" generator (ImageBert): a BERT encoder under the `model.` prefix."""
 
-    def __init__(self, config: GeneratorConfig) -> None:
+    def __init__(self, config: GeneratorConfig, source: Source | None = None) -> None:
         super().__init__()
-        self.config = config
+        self.config, self.source = config, source
         self.model = BertBackbone(config)
         _init_weights(self)
         self.eval()
@@ -295,9 +297,9 @@ class UViTBlock(nn.Module):
 class UViTGenerator(TiTokGenerator):
     """The official UViT generator (UViTBert): in-blocks, a mid-block, out-blocks with LIFO skips."""
 
-    def __init__(self, config: GeneratorConfig) -> None:
+    def __init__(self, config: GeneratorConfig, source: Source | None = None) -> None:
         super().__init__()
-        self.config = config
+        self.config, self.source = config, source
         h, heads, inner = config.hidden_size, config.num_attention_heads, config.intermediate_size
         half = config.num_hidden_layers // 2
         self.embeddings = nn.Embedding(config.vocab_size, h)

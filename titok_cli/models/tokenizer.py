@@ -10,6 +10,7 @@ from torch import nn
 
 from ..config import VIT_SIZES, TokenizerConfig, tokenizer_config_from_dict
 from ..errors import ConfigError, TokenFileError
+from ..source import Source
 from .decoder import PROXY_CODEBOOK_SIZE, TiTokDecoder
 from .encoder import TiTokEncoder
 from .layers import KeepsFloat32
@@ -28,8 +29,9 @@ class ProxyCodebook(KeepsFloat32):
 class TiTokTokenizer(nn.Module):
     """The TiTok 1-D tokenizer; module names equal the official state-dict keys."""
 
-    def __init__(self, config: TokenizerConfig) -> None:
+    def __init__(self, config: TokenizerConfig, source: Source | None = None) -> None:
         super().__init__()
+        self.source = source  # where the weights came from (set by loading)
         if config.finetune_decoder and not config.is_legacy:
             raise ConfigError("finetune_decoder (two-stage decoding) needs the legacy decoder head (is_legacy)")
         self.config = config
