@@ -56,3 +56,61 @@ def test_round_trip_through_official_layout():
         else:
             c = e.generator_config
             assert generator_config_from_dict(c.to_official()).model_type == c.model_type
+
+
+def _golden_doc(golden, case):
+    import json
+
+    return json.loads((golden / case / "config.json").read_text())
+
+
+def test_dangling_reference_in_an_unread_key_is_harmless(golden):
+    """The official loader resolves a value only when it is read; so do we (issue 9.3)."""
+    doc = _golden_doc(golden, "gen_vit_tiny")
+    plain = generator_config_from_dict(doc)
+    doc["experiment"]["output_dir"] = "${oops.missing}"
+    doc["model"]["generator"]["training_only"] = "runs/${experiment.nope}"  # an unknown key in a read section
+    assert generator_config_from_dict(doc) == plain
+    with pytest.raises(ConfigError, match=r"\$\{oops.missing\} points to nothing"):
+        resolve_interpolations(doc)  # the strict whole-document form still reports it
+    doc["model"]["generator"]["hidden_size"] = "${oops.missing}"  # a key that is read
+    with pytest.raises(ConfigError, match="points to nothing"):
+        generator_config_from_dict(doc)
+
+
+def test_relative_references_resolve_as_in_omegaconf(golden):
+    doc = _golden_doc(golden, "tok_vq_legacy_tiny")
+    plain_tok, plain_gen = tokenizer_config_from_dict(doc), generator_config_from_dict(doc)
+    vq = doc["model"]["vq_model"]
+    vq["vit_dec_model_size"] = "${.vit_enc_model_size}"  # one dot: a sibling in the same node
+    vq["vit_dec_patch_size"] = "${.vit_enc_patch_size}"
+    doc["model"]["generator"]["image_seq_len"] = "${..vq_model.num_latent_tokens}"  # two dots: from the parent
+    doc["model"]["generator"]["intermediate_size"] = "${...model.generator.intermediate_size_x}"
+    doc["model"]["generator"]["intermediate_size_x"] = 128
+    assert tokenizer_config_from_dict(doc) == plain_tok
+    assert generator_config_from_dict(doc) == plain_gen
+    doc["model"]["generator"]["image_seq_len"] = "${.....too.far}"
+    with pytest.raises(ConfigError, match="above the document root"):
+        generator_config_from_dict(doc)
+    doc["model"]["generator"]["image_seq_len"] = "${oc.env:HOME}"
+    with pytest.raises(ConfigError, match="resolver"):
+        generator_config_from_dict(doc)
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [("vit_enc_patch_size", 48), ("num_latent_tokens", -8), ("codebook_size", 0), ("token_size", 10**9),
+     ("pixel_hidden_channels", 10**6)],
+)  # fmt: skip
+def test_absurd_sizes_are_refused_before_building(golden, key, value):
+    doc = _golden_doc(golden, "tok_vq_legacy_tiny")
+    doc["model"]["vq_model"][key] = value
+    with pytest.raises(ConfigError, match=key):
+        tokenizer_config_from_dict(doc)
+
+
+def test_absurd_generator_sizes_are_refused(golden):
+    doc = _golden_doc(golden, "gen_vit_tiny")
+    doc["model"]["generator"]["hidden_size"] = 10**9
+    with pytest.raises(ConfigError, match=r"hidden_size = 1000000000 is out of range"):
+        generator_config_from_dict(doc)

@@ -231,3 +231,166 @@ def test_import_does_not_pull_cli_libraries():
 
     code = "import sys, titok_cli; print(any(m in sys.modules for m in ('typer', 'rich', 'click')))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+# -- the same weights give the same samples, however they are named (issue 15.2) ---------------
+
+B64_GEN_REPO = "yucornetto/generator_titok_b64_imagenet"
+
+
+def _b64_stand_in(hub_cache: Path, golden: Path) -> None:
+    """The golden tiny ViT generator's files, cached under the official titok-b64-gen repo id."""
+    make_hub_cache(hub_cache, B64_GEN_REPO, golden / "gen_vit_tiny", ("config.json", "model.safetensors"))
+
+
+def _tokens(gen, seed: int = 7) -> torch.Tensor:
+    return gen.generate(torch.tensor([0, 3, 9]), randomize_temperature=2.0, generator=torch.Generator().manual_seed(seed))
+
+
+def test_downloaded_folder_samples_like_the_registry_name(golden, hub_cache, tmp_path):
+    from typer.testing import CliRunner
+
+    from titok_cli import registry
+    from titok_cli.cli.app import app
+
+    _b64_stand_in(hub_cache, golden)
+    by_name = titok_cli.load_generator("titok-b64-gen")
+    folder = tmp_path / "D"
+    result = CliRunner().invoke(app, ["download", "titok-b64-gen", "--local-dir", str(folder), "-q"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((folder / "titok.json").read_text())["name"] == "titok-b64-gen"
+    by_folder = titok_cli.load_generator(folder)
+    official = registry.get("titok-b64-gen").sampling
+    assert by_name.config.sampling_defaults() == by_folder.config.sampling_defaults() == official
+    assert official["softmax_temperature_annealing"]  # the setting that used to differ
+    assert by_folder.source.sampling_origin == by_name.source.sampling_origin == "registry"
+    assert by_folder.source.recognised_by == "provenance" and by_folder.source.sampling_note is None
+    assert by_folder.source.entry.tokenizer == "titok-b64"  # so `titok sample -m D` finds its tokenizer
+    assert torch.equal(_tokens(by_name), _tokens(by_folder))
+    # the Hub-cache snapshot folder itself is recognised too
+    snapshot = Path(by_name.source.weights).parent
+    assert titok_cli.load_generator(snapshot).source.recognised_by == "hub-cache"
+
+
+def test_unknown_generator_folder_uses_its_config_and_says_so(golden, tmp_path):
+    gen = titok_cli.load_generator(golden / "gen_vit_tiny")
+    assert gen.source.entry is None and gen.source.sampling_origin == "config"
+    assert "no official sampling settings" in gen.source.sampling_note
+    assert not gen.config.softmax_temperature_annealing  # the documented default
+    # a provenance file that does not describe these weights (other size) is ignored
+    folder = tmp_path / "copy"
+    shutil.copytree(golden / "gen_vit_tiny", folder)
+    (folder / "titok.json").write_text(json.dumps({"name": "titok-b64-gen", "files": {"model.safetensors": {"size": 1}}}))
+    assert titok_cli.load_generator(folder).source.sampling_origin == "config"
+
+
+def test_registry_recognises_an_official_architecture():
+    from titok_cli import registry
+    from titok_cli.source import recognise
+
+    cfg = json.loads(json.dumps(registry.get("titok-b64-gen").config))
+    cfg["model"]["generator"]["randomize_temperature"] = 1.0  # training values differ from sampling ones
+    assert recognise(cfg, "generator").name == "titok-b64-gen"
+    cfg["model"]["generator"]["hidden_size"] = 512
+    assert recognise(cfg, "generator") is None
+    assert recognise(registry.get("titok-s128").config, "tokenizer").name == "titok-s128"
+
+
+# -- legacy single-file checkpoints and repo:file (issue 9.2) -----------------------------------
+
+
+def _legacy_copy(golden: Path, folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / name
+    torch.save(load_file(golden / "tok_vq_legacy_tiny" / "model.safetensors"), target)
+    return target
+
+
+@pytest.fixture()
+def tiny_preset(golden, monkeypatch):
+    """A registry holding one more tokenizer: the golden tiny legacy model, with an official-style file name."""
+    from titok_cli import registry
+    from titok_cli.config import read_config_file
+
+    entry = registry.ModelEntry(
+        name="titok-tiny-test", kind="tokenizer", repo=None, num_parameters=0, num_state_dict_keys=0,
+        config=read_config_file(golden / "tok_vq_legacy_tiny" / "config.json"), legacy_file="tokenizer_titok_tiny.bin",
+    )  # fmt: skip
+    entries = {**registry._entries(), entry.name: entry}
+    monkeypatch.setattr(registry, "_entries", lambda: entries)
+    return entry
+
+
+def test_legacy_file_name_infers_the_preset(golden, tmp_path):
+    lone = _legacy_copy(golden, tmp_path, "tokenizer_titok_l32.bin")
+    with pytest.raises(CheckpointError, match=r"tokenizer_titok_l32\.bin \(read as preset titok-l32\).*wrong shape"):
+        titok_cli.load_tokenizer(lone)  # full-size preset inferred; the tiny weights do not fit it
+    gen_file = _legacy_copy(golden, tmp_path, "generator_titok_l32.bin")
+    with pytest.raises(ConfigError, match="generator titok-l32-gen, not a tokenizer"):
+        titok_cli.load_tokenizer(gen_file)
+
+
+def test_legacy_file_loads_with_inferred_or_explicit_preset(golden, tmp_path, tiny_preset):
+    images, tokens = golden_tokens(golden, "tok_vq_legacy_tiny")
+    inferred = titok_cli.load_tokenizer(_legacy_copy(golden, tmp_path, "tokenizer_titok_tiny.bin"))
+    assert torch.equal(inferred.encode(images), tokens)
+    assert inferred.source.preset == "titok-tiny-test" and inferred.source.recognised_by == "legacy-file"
+    explicit = titok_cli.load_tokenizer(_legacy_copy(golden, tmp_path / "x", "renamed.bin"), preset="titok-tiny-test")
+    assert torch.equal(explicit.encode(images), tokens) and explicit.source.recognised_by == "preset"
+
+
+def test_repo_colon_file_through_the_hub_cache(golden, hub_cache, tmp_path, tiny_preset):
+    from titok_cli.registry import LEGACY_REPO
+
+    images, tokens = golden_tokens(golden, "tok_vq_legacy_tiny")
+    _legacy_copy(golden, tmp_path / "legacy", "tokenizer_titok_tiny.bin")
+    make_hub_cache(hub_cache, LEGACY_REPO, tmp_path / "legacy")
+    tok = titok_cli.load_tokenizer(f"{LEGACY_REPO}:tokenizer_titok_tiny.bin")
+    assert torch.equal(tok.encode(images), tokens)
+    assert (tok.source.repo, tok.source.filename) == (LEGACY_REPO, "tokenizer_titok_tiny.bin")
+    with pytest.raises(HubError, match=r"fun-research/TiTok/tokenizer_titok_l32\.bin is not in the local"):
+        titok_cli.load_tokenizer(f"{LEGACY_REPO}:tokenizer_titok_l32.bin")  # names the file asked for
+
+
+def test_yaml_config_gets_a_hint(tmp_path):
+    cfg = tmp_path / "titok_l32.yaml"
+    cfg.write_text("model: {}\n")
+    with pytest.raises(ConfigError, match="YAML training config.*holds no weights.*preset"):
+        titok_cli.load_tokenizer(cfg)
+
+
+def test_unknown_name_suggests_close_matches():
+    with pytest.raises(UnknownModelError, match=r"did you mean titok-l32"):
+        titok_cli.load_tokenizer("titok-l33")
+    with pytest.raises(CheckpointError, match="no such file or folder"):
+        titok_cli.load_tokenizer("./nowhere/model.safetensors")
+
+
+def test_unreachable_hub_fails_fast_with_a_hint(tmp_path):
+    """HF_HUB_OFFLINE unset and the Hub down: one short probe, then the cache only."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import ROOT
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{port}",
+           "HF_HUB_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}  # fmt: skip
+    for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+        env.pop(key, None)
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "titok_cli", "encode", str(tmp_path), "-o", str(tmp_path / "t.npy")],
+                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    elapsed = time.monotonic() - start
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr  # no retry warnings from huggingface_hub
+    assert "HF_HUB_OFFLINE=1" in lines[0] and str(tmp_path / "cache") in lines[0]
+    assert "yucornetto/tokenizer_titok_l32_imagenet/config.json" in lines[0]
+    assert elapsed < 15, elapsed  # was 23-34 s of retries
+    assert not (tmp_path / "t.npy").exists()

@@ -168,7 +168,7 @@ def _node_at(doc: Any, path: tuple, ref: str) -> Any:
 def _target(ref: str, holder: _Path) -> _Path:
     """Where `${ref}` points. Absolute `a.b`; relative as in OmegaConf: the first dot is the node
     holding the value (`${.x}`: a sibling key), each further dot one level up (`${..x}`)."""
-    if ":" in ref.split(".")[0]:
+    if ":" in ref:
         raise ConfigError(f"config.json: resolver ${{{ref}}} is not supported (only references to keys)")
     if not ref.startswith("."):
         return tuple(p for p in ref.split(".") if p)
