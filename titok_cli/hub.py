@@ -67,6 +67,7 @@ class Resolved:
 
     config: dict[str, Any]
     source: Source
+    config_where: str = "config.json"  # the file (or preset) the config came from, for messages
 
 
 # -- the network -------------------------------------------------------------------------------
@@ -185,12 +186,12 @@ def _sampling_origin(kind: str, entry: registry.ModelEntry | None) -> str | None
 
 
 def _made(config: dict[str, Any], kind: str, entry: registry.ModelEntry | None, how: str | None,
-          **where: Any) -> Resolved:  # fmt: skip
+          config_where: str = "config.json", **where: Any) -> Resolved:  # fmt: skip
     if entry is None and how is None:
         entry = recognise(config, kind)
         how = "config" if entry is not None else None
     src = Source(kind=kind, entry=entry, recognised_by=how, sampling_origin=_sampling_origin(kind, entry), **where)
-    return Resolved(config, src)
+    return Resolved(config, src, config_where)
 
 
 def _preset_entry(preset: str, kind: str) -> registry.ModelEntry:
@@ -215,8 +216,9 @@ def _folder(path: Path, kind: str, preset: str | None) -> Resolved:
         if not preset:
             raise ConfigError(f"{path}: no config.json in this folder (pass a preset to describe the architecture)")
         entry = _preset_entry(preset, kind)
-        return _made(entry.config, kind, entry, "preset", preset=entry.name, **where)
+        return _made(entry.config, kind, entry, "preset", f"preset {entry.name}", preset=entry.name, **where)
     config = read_config_file(path / "config.json")
+    where["config_where"] = str(path / "config.json")
     entry, _ = read_provenance(path, weights, kind)
     if entry is not None:
         return _made(config, kind, entry, "provenance", **where)
@@ -233,9 +235,11 @@ def _file(path: Path, kind: str, preset: str | None) -> Resolved:
     where = dict(weights=path, local_path=str(path.resolve()))
     entry = _preset_entry(preset, kind) if preset else _legacy_entry(path.name, kind)
     if entry is not None:
-        return _made(entry.config, kind, entry, "preset" if preset else "legacy-file", preset=entry.name, **where)
-    if (path.parent / "config.json").is_file():
-        return _made(read_config_file(path.parent / "config.json"), kind, None, None, **where)
+        how = "preset" if preset else "legacy-file"
+        return _made(entry.config, kind, entry, how, f"preset {entry.name}", preset=entry.name, **where)
+    beside = path.parent / "config.json"
+    if beside.is_file():
+        return _made(read_config_file(beside), kind, None, None, config_where=str(beside), **where)
     raise ConfigError(
         f"{path}: a single weights file needs a preset naming its architecture "
         f"(one of {', '.join(registry.available_models(kind))}), a config.json beside it, "
@@ -246,26 +250,29 @@ def _file(path: Path, kind: str, preset: str | None) -> Resolved:
 def _hub(spec: HubSpec, kind: str, preset: str | None) -> Resolved:
     repo, rev = spec.repo, spec.revision
     if spec.filename is None:
-        config = read_config_file(hub_file(repo, "config.json", rev))
+        config_path = hub_file(repo, "config.json", rev)
+        config = read_config_file(config_path)
         weights = hub_weights(repo, rev)
         entry = registry.find(repo)
         entry = entry if entry is not None and entry.kind == kind else None
-        return _made(config, kind, entry, "repo" if entry else None, weights=weights, repo=repo, revision=rev)
+        return _made(config, kind, entry, "repo" if entry else None, config_where=str(config_path),
+                     weights=weights, repo=repo, revision=rev)  # fmt: skip
     entry = _preset_entry(preset, kind) if preset else _legacy_entry(spec.filename, kind)
     where = dict(repo=repo, revision=rev, filename=spec.filename)
     if entry is not None:
         weights = hub_file(repo, spec.filename, rev)
-        return _made(entry.config, kind, entry, "preset" if preset else "legacy-file", preset=entry.name,
-                     weights=weights, **where)  # fmt: skip
+        return _made(entry.config, kind, entry, "preset" if preset else "legacy-file", f"preset {entry.name}",
+                     preset=entry.name, weights=weights, **where)  # fmt: skip
     folder = spec.filename.rpartition("/")[0]
     try:
-        config = read_config_file(hub_file(repo, f"{folder}/config.json" if folder else "config.json", rev))
+        config_path = hub_file(repo, f"{folder}/config.json" if folder else "config.json", rev)
     except FileNotFoundError:
         raise ConfigError(
             f"{spec}: no config.json beside this file in the repo; pass a preset naming its architecture "
             f"(one of {', '.join(registry.available_models(kind))})"
         ) from None
-    return _made(config, kind, None, None, weights=hub_file(repo, spec.filename, rev), **where)
+    return _made(read_config_file(config_path), kind, None, None, str(config_path),
+                 weights=hub_file(repo, spec.filename, rev), **where)  # fmt: skip
 
 
 def _registry(entry: registry.ModelEntry, kind: str) -> Resolved:
@@ -276,11 +283,12 @@ def _registry(entry: registry.ModelEntry, kind: str) -> Resolved:
             "(use it for benchmarks with random weights, or pass your own weights file with this preset)"
         )
     try:  # the repo's own config.json, as for a downloaded folder; the registry's copy otherwise
-        config = read_config_file(hub_file(entry.repo, "config.json", entry.revision))
+        config_path = str(hub_file(entry.repo, "config.json", entry.revision))
+        config = read_config_file(config_path)
     except FileNotFoundError:
-        config = entry.config
+        config, config_path = entry.config, f"preset {entry.name}"
     weights = hub_weights(entry.repo, entry.revision)
-    return _made(config, kind, entry, "name", weights=weights, repo=entry.repo, revision=entry.revision)
+    return _made(config, kind, entry, "name", config_path, weights=weights, repo=entry.repo, revision=entry.revision)
 
 
 _CONFIG_SUFFIXES = (".yaml", ".yml")

@@ -31,6 +31,14 @@ def _where(found: Resolved) -> str:
     return where
 
 
+def _typed_config(found: Resolved, read):
+    """The typed config; its errors name the file it came from."""
+    try:
+        return read(found.config)
+    except ConfigError as exc:
+        raise ConfigError(f"{found.config_where}: {str(exc).removeprefix('config.json: ')}") from None
+
+
 def _finish(model: torch.nn.Module, found: Resolved, device, dtype) -> torch.nn.Module:
     assert found.source.weights is not None
     load_into(model, read_state_dict(found.source.weights, model), _where(found))
@@ -57,8 +65,8 @@ def load_tokenizer(
     """
     found = resolve(source, "tokenizer", preset)
     if not has_kind(found.config, "tokenizer"):
-        raise ConfigError(f"{source}: config.json describes no tokenizer (model.vq_model is missing)")
-    cfg = tokenizer_config_from_dict(found.config)
+        raise ConfigError(f"{found.config_where}: describes no tokenizer (model.vq_model is missing)")
+    cfg = _typed_config(found, tokenizer_config_from_dict)
     with torch.device("meta"):
         model = TiTokTokenizer(cfg, source=found.source)
     return _finish(model, found, device, dtype)  # type: ignore[return-value]
@@ -78,8 +86,8 @@ def load_generator(
     """
     found = resolve(source, "generator", preset)
     if not has_kind(found.config, "generator"):
-        raise ConfigError(f"{source}: config.json describes no generator (model.generator is missing)")
-    cfg = generator_config_from_dict(found.config)
+        raise ConfigError(f"{found.config_where}: describes no generator (model.generator is missing)")
+    cfg = _typed_config(found, generator_config_from_dict)
     entry = found.source.entry
     if entry is not None and entry.sampling:
         cfg = replace(cfg, **entry.sampling)
