@@ -13,7 +13,9 @@ def _cached(repo: str | None, revision: str | None) -> bool:
         return False
     from huggingface_hub import try_to_load_from_cache
 
-    for filename in ("model.safetensors", "pytorch_model.bin"):
+    from titok_cli.hub import WEIGHT_FILES
+
+    for filename in WEIGHT_FILES:
         if isinstance(try_to_load_from_cache(repo, filename, revision=revision), str):
             return True
     return False
@@ -56,11 +58,16 @@ def model_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def models(json_output: JsonOpt = False) -> None:
-    """List every known TiTok checkpoint: kind, tokens, codebook, size, Hub repo, cached locally?
+_SHORT_KIND = {"tokenizer (VQ)": "tok VQ", "tokenizer (VAE)": "tok VAE"}
+WIDE = 120  # from this terminal width on, the Hub repo column is shown too
 
-    Architecture-only entries (the paper's 512x512 models) have no public weights; `titok
-    bench` runs them with random weights.
+
+def models(json_output: JsonOpt = False) -> None:
+    """List every known TiTok checkpoint: kind, resolution, tokens, codebook, size, cached locally?
+
+    On terminals at least 120 columns wide the Hub repo is shown too (always in --json).
+    Architecture-only entries (the paper's 512x512 models, cached "-") have no public weights;
+    `titok bench` runs them with random weights.
 
     Example:  titok models --json
     """
@@ -70,20 +77,17 @@ def models(json_output: JsonOpt = False) -> None:
         return
     from rich.table import Table
 
+    console = out_console()
+    wide = console.width >= WIDE
     table = Table()
-    for column, justify in (("name", "left"), ("kind", "left"), ("res", "right"), ("tokens", "right"),
-                            ("codebook", "right"), ("params", "right"), ("Hub repo", "left"),
-                            ("cached", "left")):  # fmt: skip
-        table.add_column(column, justify=justify, no_wrap=column in ("name", "Hub repo"))
+    columns = [("name", "left"), ("kind", "left"), ("res", "right"), ("tokens", "right"), ("codes", "right"),
+               ("params", "right"), ("cached", "left")] + ([("Hub repo", "left")] if wide else [])  # fmt: skip
+    for column, justify in columns:
+        table.add_column(column, justify=justify, no_wrap=True)
     for row in rows:
-        table.add_row(
-            row["name"],
-            row["type"],
-            str(row["resolution"]),
-            str(row["tokens"]),
-            "-" if row["codebook"] is None else str(row["codebook"]),
-            human_count(row["parameters"]),
-            row["repo"] or "architecture only (no weights)",
-            "yes" if row["cached"] else "no",
-        )
-    out_console().print(table)
+        kind = _SHORT_KIND.get(row["type"], row["type"].replace("generator (", "gen ").rstrip(")"))
+        cached = "-" if row["architecture_only"] else ("yes" if row["cached"] else "no")
+        cells = [row["name"], kind, str(row["resolution"]), str(row["tokens"]),
+                 "-" if row["codebook"] is None else str(row["codebook"]), human_count(row["parameters"]), cached]  # fmt: skip
+        table.add_row(*cells, *([row["repo"] or "-"] if wide else []))
+    console.print(table)
