@@ -69,3 +69,23 @@ def test_cpu_info_reads_the_first_processor():
         pytest.skip("no /proc/cpuinfo here")
     assert info.vendor and info.vendor in text and info.model_name in text
     assert all(f in text for f in list(info.flags)[:5])
+
+
+def test_debug_is_read_live_unless_set(monkeypatch):
+    monkeypatch.setenv("TITOK_DEBUG", "1")
+    assert runtime.debug()
+    monkeypatch.setenv("TITOK_DEBUG", "0")
+    assert not runtime.debug()  # a CLI runner may set it per invocation
+    with runtime.switches(TITOK_DEBUG=True):
+        assert runtime.debug()
+    assert not runtime.debug()
+
+
+def test_default_malloc_switch_skips_the_tuning():
+    from titok_cli import allocator
+
+    out = _in_subprocess("from titok_cli import allocator as a; print(a.tune_unless_disabled(), a.allocator_state())",
+                         TITOK_DEFAULT_MALLOC="1")  # fmt: skip
+    assert out == "default (TITOK_DEFAULT_MALLOC=1) default"
+    with runtime.switches(TITOK_DEFAULT_MALLOC=False):
+        assert allocator.tune_unless_disabled() == allocator.allocator_state() != "default"

@@ -39,6 +39,15 @@ def tune_cpu_allocator() -> str:
     return state
 
 
+def tune_unless_disabled() -> str:
+    """`tune_cpu_allocator()`, unless TITOK_DEFAULT_MALLOC=1 asks for glibc's defaults (the `titok` command)."""
+    from . import runtime
+
+    if runtime.default_malloc():
+        return "default (TITOK_DEFAULT_MALLOC=1)"
+    return tune_cpu_allocator()
+
+
 def allocator_state() -> str:
     """What `tune_cpu_allocator` did in this process, or "default" if it has not run."""
     return _ALLOCATOR_STATE or "default"

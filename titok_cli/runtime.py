@@ -12,7 +12,8 @@ with `set_switch` or the `switches(...)` context manager, never by patching priv
 |                        |                         | channels-last on AMD CPUs, NCHW elsewhere              |
 | `TITOK_DEFAULT_MALLOC` | `0`, `1`                | `1`: keep glibc's default malloc in the `titok` command|
 |                        |                         | (see `allocator.tune_cpu_allocator`)                   |
-| `TITOK_DEBUG`          | `0`, `1`                | `1`: the CLI shows Python tracebacks                   |
+| `TITOK_DEBUG`          | `0`, `1`                | `1`: the CLI shows Python tracebacks (read whenever an |
+|                        |                         | error is shown, so a test may set it per invocation)   |
 | `TITOK_COMMIT_SECONDS` | `2.0` (float >= 0)      | how much encode work a crash may lose                  |
 | `TITOK_DIST_BACKEND`   | unset, `gloo`, `nccl`...| torch.distributed backend (unset: nccl with CUDA, else |
 |                        |                         | gloo)                                                  |
@@ -70,6 +71,7 @@ class Switch:
     default: Any
     parse: Callable[[str], Any]
     doc: str
+    live: bool = False  # read at every call instead of once (consulted only on errors)
 
 
 SWITCHES: dict[str, Switch] = {
@@ -78,7 +80,7 @@ SWITCHES: dict[str, Switch] = {
         Switch("TITOK_CPU_LINEAR", "onednn", _choice("onednn", "aten"), "CPU linear layers: oneDNN or ATen"),
         Switch("TITOK_CHANNELS_LAST", "auto", _choice("auto", "1", "0"), "CPU float32 pixel-decoder layout"),
         Switch("TITOK_DEFAULT_MALLOC", False, _flag, "keep glibc's default malloc settings"),
-        Switch("TITOK_DEBUG", False, _flag, "show tracebacks in the CLI"),
+        Switch("TITOK_DEBUG", False, _flag, "show tracebacks in the CLI", live=True),
         Switch("TITOK_COMMIT_SECONDS", 2.0, _seconds, "seconds of encode work between commits"),
         Switch("TITOK_DIST_BACKEND", None, _optional, "torch.distributed backend"),
     )
@@ -102,19 +104,24 @@ def get(env: str) -> Any:
     """The value of switch `env` (read from the environment the first time it is asked for)."""
     if env not in SWITCHES:
         raise KeyError(f"unknown switch {env!r}; known: {', '.join(SWITCHES)}")
-    if env not in _values:
-        _values[env] = _read(env)
-    return _values[env]
+    if env in _values:
+        return _values[env]
+    value = _read(env)
+    if not SWITCHES[env].live:
+        _values[env] = value
+    return value
 
 
 def set_switch(env: str, value: Any) -> Any:
     """Set switch `env` for this process (a string is parsed as the variable would be; None
-    re-reads the environment). Returns the previous value."""
+    goes back to the environment's value). Returns the previous value."""
     previous = get(env)
     spec = SWITCHES[env]
     if value is None:
-        value = _read(env)
-    elif isinstance(value, bool) and isinstance(spec.default, str):
+        _values.pop(env, None)
+        _derived.cache_clear()
+        return previous
+    if isinstance(value, bool) and isinstance(spec.default, str):
         value = spec.parse("1" if value else "0")
     elif isinstance(value, str):
         value = spec.parse(value)
@@ -130,12 +137,15 @@ def _store(env: str, value: Any) -> None:
 @contextmanager
 def switches(**values: Any) -> Iterator[None]:
     """Temporarily set switches, keyed by variable name: `with switches(TITOK_CPU_LINEAR="aten"):`."""
-    old = {env: set_switch(env, value) for env, value in values.items()}
+    saved = dict(_values)
     try:
+        for env, value in values.items():
+            set_switch(env, value)
         yield
     finally:
-        for env, value in old.items():
-            _store(env, value)
+        _values.clear()
+        _values.update(saved)
+        _derived.cache_clear()
 
 
 # -- typed getters ------------------------------------------------------------------------
