@@ -94,3 +94,42 @@ def test_corrupt_cached_weights_are_reported(hub_cache, tmp_path):
     result = run("download", "golden/corrupt")
     assert result.exit_code == 1
     assert "not a readable safetensors file" in result.stderr
+
+
+def test_local_dir_records_provenance(hub_cache, golden, tmp_path):
+    import hashlib
+    import json
+
+    from tests.conftest import make_hub_cache
+
+    make_hub_cache(hub_cache, "yucornetto/tokenizer_titok_b64_imagenet", golden / "tok_vq_legacy_tiny",
+                   ("config.json", "model.safetensors"))  # fmt: skip
+    result = run("download", "titok-b64", "--local-dir", tmp_path / "b64", "-q")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "b64" / "titok.json").read_text())
+    assert (doc["name"], doc["kind"], doc["repo"]) == ("titok-b64", "tokenizer", "yucornetto/tokenizer_titok_b64_imagenet")
+    weights = (golden / "tok_vq_legacy_tiny" / "model.safetensors").read_bytes()
+    assert doc["files"]["model.safetensors"] == {"size": len(weights), "sha256": hashlib.sha256(weights).hexdigest()}
+    import titok_cli
+
+    assert titok_cli.load_tokenizer(tmp_path / "b64").source.entry.name == "titok-b64"
+
+
+def test_one_file_of_a_repo(hub_cache, golden, tmp_path):
+    from tests.conftest import make_hub_cache
+
+    make_hub_cache(hub_cache, "fun-research/TiTok", golden / "tok_vq_legacy_tiny", ("pytorch_model.bin",))
+    result = run("download", "fun-research/TiTok:pytorch_model.bin", "--local-dir", tmp_path / "legacy")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "legacy" / "pytorch_model.bin").is_file() and "opens" in result.stderr
+    missing = run("download", "fun-research/TiTok:tokenizer_titok_l32.bin")
+    assert missing.exit_code == 1
+    assert "fun-research/TiTok/tokenizer_titok_l32.bin is not in the local Hugging Face cache" in missing.stderr
+
+
+def test_repo_ids_are_checked_by_huggingface_hub(hub_cache):
+    for bad in ("owner/na--me", "owner/name.git", "owner/.name"):
+        result = run("download", bad)
+        assert result.exit_code != 0 and "is not a known model or a Hub repo id" in result.stderr, bad
+    close = run("download", "titok-l33")
+    assert "did you mean titok-l32" in close.stderr
