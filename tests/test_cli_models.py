@@ -42,7 +42,7 @@ def test_models_fit_80_columns_and_say_what_is_cached(hub_cache, golden):
 def test_wide_terminals_and_json_show_the_hub_repo():
     wide = _table(140)
     assert "Hub repo" in wide[1] and "yucornetto/tokenizer_titok_l32_imagenet" in _row(wide, "titok-l32")
-    assert _row(wide, "titok-l64-512")[-1] == "-"
+    assert _row(wide, "titok-l64-512")[-2:] == ["-", "architecture only (no weights)"]
     rows = json.loads(CliRunner().invoke(app, ["models", "--json"]).stdout)
     assert [r["name"] for r in rows] == registry.available_models()
     assert rows[0]["repo"] == "yucornetto/tokenizer_titok_l32_imagenet"

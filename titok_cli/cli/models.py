@@ -89,5 +89,5 @@ def models(json_output: JsonOpt = False) -> None:
         cached = "-" if row["architecture_only"] else ("yes" if row["cached"] else "no")
         cells = [row["name"], kind, str(row["resolution"]), str(row["tokens"]),
                  "-" if row["codebook"] is None else str(row["codebook"]), human_count(row["parameters"]), cached]  # fmt: skip
-        table.add_row(*cells, *([row["repo"] or "-"] if wide else []))
+        table.add_row(*cells, *([row["repo"] or "architecture only (no weights)"] if wide else []))
     console.print(table)
