@@ -112,7 +112,7 @@ def close_matches(name: str, kind: str | None = None) -> list[str]:
 def unknown_model(name: str, kind: str | None = None, what: str = "a known model") -> UnknownModelError:
     """The error for a name that is nothing we know: close matches first, then every known name."""
     close = close_matches(name, kind)
-    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    hint = f"did you mean {', '.join(close)}? " if close else ""
     return UnknownModelError(
         f"{name!r} is not {what}; {hint}known names: {', '.join(available_models(kind))} "
         "(or give a local folder, a weights file, a Hub repo id owner/name, or owner/name:file)"
