@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import titok_cli
+import titok_cli.source
 from titok_cli.errors import CheckpointError, ConfigError, HubError, UnknownModelError
 
 from .conftest import make_hub_cache
@@ -34,6 +35,8 @@ def test_tokenizer_loads_from_plain_folder(golden, case):
     else:
         assert torch.equal(out, io_["tokens"].squeeze(1))
     assert tok.source.local_path == str((golden / case).resolve())
+    assert isinstance(tok.source, titok_cli.source.Source) and tok.source.kind == "tokenizer"
+    assert titok_cli.TiTokTokenizer.from_config(tok.config).source is None  # an attribute of every model
 
 
 def test_legacy_bin_loads_with_weights_only(golden):
