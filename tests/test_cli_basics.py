@@ -127,3 +127,21 @@ def test_models_sees_the_local_cache(hub_cache, golden):
     rows = {r["name"]: r for r in json.loads(run("models", "--json").stdout)}
     assert rows["titok-s128"]["cached"] is True
     assert rows["titok-l32"]["cached"] is False
+
+
+def test_ctrl_c_in_a_command_is_one_line_exit_130(monkeypatch):
+    import titok_cli.cli.models as models_cmd
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models_cmd, "model_rows", interrupted)
+    result = run("models")
+    assert result.exit_code == 130
+    assert result.stderr.strip() == "error: interrupted"  # `models` has nothing to resume
+
+
+def test_unknown_model_is_a_usage_error(tmp_path):
+    result = run("encode", tmp_path / "x.png", "-o", tmp_path / "t.npy", "-m", "titok-nonexistent", "--device", "cpu")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ") and "titok-nonexistent" in result.stderr

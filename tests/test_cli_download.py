@@ -71,12 +71,12 @@ def test_default_downloads_both_when_cached(hub_cache, golden):
 
 def test_architecture_only_is_refused(hub_cache):
     result = run("download", "titok-l64-512")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # UnknownModelError is a usage error
     assert "architecture only" in result.stderr and "no public weights" in result.stderr
 
 
 def test_unknown_name_and_bad_combinations(hub_cache, tmp_path):
-    assert run("download", "not-a-model").exit_code == 1
+    assert run("download", "not-a-model").exit_code == 2
     both = run("download", "--all", "titok-l32")
     assert both.exit_code == 2 and "not both" in both.stderr
     local = run("download", str(tmp_path))

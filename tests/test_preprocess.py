@@ -409,3 +409,139 @@ def test_iter_image_files_missing_path(tmp_path: Path) -> None:
 def test_image_extensions() -> None:
     assert {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"} <= IMAGE_EXTENSIONS
     assert all(ext == ext.lower() and ext.startswith(".") for ext in IMAGE_EXTENSIONS)
+
+
+# ----------------------------------------------------------------- wide modes: scaled or refused, never silently wrong
+
+_GRAY = np.tile(np.arange(0, 200, dtype=np.uint8), (150, 1))  # 200 x 150, values 0..199
+
+
+def _tiff(tmp_path: Path, name: str, array: np.ndarray) -> Path:
+    path = tmp_path / name
+    Image.fromarray(array).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "mode", ["1", "L", "LA", "P", "PA", "RGBA", "RGBX", "CMYK", "YCbCr", "HSV"]
+)
+def test_eight_bit_modes_match_plain_convert(mode: str) -> None:
+    """Every 8-bit mode takes exactly the reference's convert("RGB"), byte for byte."""
+    noise = np.random.default_rng(1).integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    img = Image.fromarray(noise).convert(mode)
+    expected = center_crop(img.convert("RGB"), 32)
+    np.testing.assert_array_equal(_pixels(center_crop(img, 32)), _pixels(expected))
+
+
+def test_float_tiff_in_unit_range_is_scaled(tmp_path: Path) -> None:
+    path = _tiff(tmp_path, "unit.tif", _GRAY.astype(np.float32) / np.float32(255))
+    with Image.open(path) as raw:
+        assert raw.mode == "F"
+        assert np.asarray(raw.convert("RGB")).max() <= 1  # why: a bare convert gives a black image
+    out = load_image(path, 32)
+    np.testing.assert_array_equal(_pixels(out), _pixels(center_crop(Image.fromarray(_GRAY), 32)))
+
+
+def test_float_tiff_in_byte_range_is_converted_as_the_reference(tmp_path: Path) -> None:
+    path = _tiff(tmp_path, "bytes.tif", _GRAY.astype(np.float32) + np.float32(0.25))
+    with Image.open(path) as raw:
+        expected = center_crop(raw.convert("RGB"), 32)
+    np.testing.assert_array_equal(_pixels(load_image(path, 32)), _pixels(expected))
+
+
+@pytest.mark.parametrize(
+    ("name", "array", "reason"),
+    [
+        ("big.tif", _GRAY.astype(np.float32) * 1000, "float image with values outside 0..1 and 0..255 (min 0, max 199000)"),
+        ("negative.tif", _GRAY.astype(np.float32) - 1, "float image with values outside 0..1 and 0..255 (min -1, max 198)"),
+        ("nan.tif", np.where(_GRAY == 5, np.nan, _GRAY).astype(np.float32), "float image with NaN or infinite values"),
+        ("signed.tif", _GRAY.astype(np.int32) - 100, "32-bit integer image with negative values (min -100, max 99)"),
+    ],
+)
+def test_pixel_values_of_unknown_range_are_refused(tmp_path: Path, name: str, array: np.ndarray, reason: str) -> None:
+    _expect_image_error(_tiff(tmp_path, name, array), reason)
+
+
+@pytest.mark.parametrize(("scale", "bits"), [(1, 8), (257, 16), (1 << 16, 24), (1 << 23, 31)])
+def test_int32_images_are_scaled_by_their_bit_range(tmp_path: Path, scale: int, bits: int) -> None:
+    path = _tiff(tmp_path, f"i{bits}.tif", _GRAY.astype(np.int32) * scale)
+    with Image.open(path) as raw:
+        assert raw.mode == "I"
+        if bits > 8:
+            assert np.asarray(raw.convert("RGB")).mean() > 250  # a bare convert: nearly white
+    np.testing.assert_array_equal(_pixels(load_image(path, 32)), _pixels(center_crop(Image.fromarray(_GRAY), 32)))
+
+
+def test_sixteen_bit_tiff_is_scaled(tmp_path: Path) -> None:
+    path = _tiff(tmp_path, "g16.tif", _GRAY.astype(np.uint16) * 257)
+    with Image.open(path) as raw:
+        assert raw.mode.startswith("I;16")
+    np.testing.assert_array_equal(_pixels(load_image(path, 32)), _pixels(center_crop(Image.fromarray(_GRAY), 32)))
+
+
+# ----------------------------------------------------------------- special files: refused before any read
+
+
+def _load_in_thread(path: Path) -> BaseException | None:
+    """load_image on a thread: a FIFO opened the naive way would block forever."""
+    import threading
+
+    outcome: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            load_image(path, 32)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive(), f"load_image({path}) blocked"
+    return outcome[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_fifo_named_like_an_image_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    error = _load_in_thread(fifo)
+    assert isinstance(error, ImageError) and error.reason == "not a regular file (a named pipe)"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+def test_character_device_is_refused() -> None:
+    error = _load_in_thread(Path("/dev/zero"))
+    assert isinstance(error, ImageError) and error.reason == "not a regular file (a character device)"
+
+
+def test_broken_and_looping_links(tmp_path: Path) -> None:
+    (tmp_path / "dangling.png").symlink_to("gone.png")
+    (tmp_path / "loop.png").symlink_to("loop.png")
+    _expect_image_error(tmp_path / "dangling.png", "broken symbolic link (its target gone.png does not exist)")
+    _expect_image_error(tmp_path / "loop.png", "symbolic link loop")
+    # named explicitly, they are missing inputs, worded the same way
+    for name, reason in (("dangling.png", "broken symbolic link"), ("loop.png", "symbolic link loop")):
+        with pytest.raises(ImageError) as info:
+            list(iter_image_files([tmp_path / name]))
+        assert reason in info.value.reason
+
+
+def test_walk_yields_bad_entries_named_like_images(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    _touch(root / "a.png")
+    _touch(root / "folder.jpg" / "inner.png")  # a real folder named like an image is entered
+    (root / "dangling.png").symlink_to("gone.png")
+    (root / "loop.jpg").symlink_to("loop.jpg")
+    (root / "dangling.txt").symlink_to("gone.txt")  # not an image name: ignored like any .txt
+    elsewhere = tmp_path / "elsewhere"
+    _touch(elsewhere / "x.png")
+    (root / "linked_dir").symlink_to(elsewhere, target_is_directory=True)  # not entered
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(root / "pipe.png")
+    names = [name for _, name in iter_image_files([root])]
+    expected = ["a.png", "dangling.png", "folder.jpg/inner.png", "loop.jpg"]
+    if hasattr(os, "mkfifo"):
+        expected.append("pipe.png")
+    assert names == expected

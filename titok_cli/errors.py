@@ -4,17 +4,27 @@ from __future__ import annotations
 
 
 class TitokError(Exception):
-    """Base class: every error the library raises on purpose."""
+    """Base class: every error the library raises on purpose.
+
+    `exit_code` is what the command line exits with: 1 for a failure (bad file, missing weights),
+    2 for a usage error (a flag, name or combination the user can fix by typing something else).
+    """
 
     exit_code = 1
+
+
+class UsageError(TitokError):
+    """Flags or arguments that are out of range or contradict each other."""
+
+    exit_code = 2
 
 
 class ConfigError(TitokError):
     """A config.json or preset that cannot describe a TiTok model."""
 
 
-class UnknownModelError(TitokError):
-    """A model name that is neither a preset, a local path nor a Hub repo id."""
+class UnknownModelError(UsageError):
+    """A model name that is neither a preset, a local path nor a Hub repo id (a usage error, exit 2)."""
 
 
 class CheckpointError(TitokError):
@@ -36,9 +46,3 @@ class ImageError(TitokError):
 
 class TokenFileError(TitokError):
     """A token file (or its manifest) that is malformed or does not fit the model."""
-
-
-class UsageError(TitokError):
-    """Flags or arguments that contradict each other."""
-
-    exit_code = 2

@@ -8,8 +8,10 @@ reference lacks: every unreadable file becomes an `ImageError` that names the fi
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import struct
 import warnings
 import zlib
@@ -22,6 +24,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from titok_cli.errors import ImageError
+from titok_cli.image_modes import PixelRangeError, to_rgb
 
 # Largest image we agree to decode, in pixels. Equal to the point where Pillow's own default
 # protection turns its warning into DecompressionBombError (2 * 89,478,485), i.e. about 13400 x
@@ -34,34 +37,6 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 )
 
-# Pillow modes holding 16-bit samples. Pillow 13's convert("RGB") clips these at 255 instead of
-# scaling, so a 16-bit grayscale PNG would come out almost entirely white.
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to RGB the way the reference does, except where that is garbage.
-
-    The reference calls `convert("RGB")`, and we do too for every mode where that gives a
-    sensible picture (L, 1, LA, P, RGBA, CMYK, F, ...), so results stay bit-identical. Exceptions:
-    - 16-bit grayscale ("I;16*", and "I" holding values above 255, as some decoders return 16-bit
-      data): `convert` clips to 255 (measured with Pillow 13: camera.png * 257 saved as a 16-bit
-      PNG converts to mean 255.0 instead of 129). We keep the high byte (value >> 8), which maps
-      v * 257 back to v exactly.
-    - palette images with transparency go through RGBA first: same pixels as a direct convert
-      (alpha is dropped either way) but without Pillow's "should be converted to RGBA" warning.
-    """
-    if image.mode == "RGB":
-        return image
-    if image.mode in _SIXTEEN_BIT_MODES or (image.mode == "I" and image.getextrema()[1] > 255):
-        samples = np.asarray(image).astype(np.int64)
-        high_byte = (np.clip(samples, 0, 65535) >> 8).astype(np.uint8)
-        return Image.fromarray(high_byte).convert("RGB")  # 2-D uint8 -> mode L
-    if image.mode in ("P", "PA") and "transparency" in image.info:
-        image = image.convert("RGBA")
-    return image.convert("RGB")
-
-
 def center_crop(image: Image.Image, size: int) -> Image.Image:
     """ADM center crop to `size` x `size` RGB, pixel-identical to the official pretokenization.
 
@@ -71,7 +46,7 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     """
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"crop size must be a positive integer, got {size!r}")
-    img = _to_rgb(image)
+    img = to_rgb(image)
     if min(img.size) < 1:
         raise ValueError(f"image has no pixels (size {img.size[0]} x {img.size[1]})")
     while min(img.size) >= 2 * size:
@@ -94,7 +69,7 @@ def to_tensor(images: list[Image.Image] | Image.Image) -> torch.Tensor:
     batch = [images] if single else list(images)
     if not batch:
         raise ValueError("to_tensor needs at least one image")
-    arrays = [np.asarray(_to_rgb(img), dtype=np.uint8) for img in batch]
+    arrays = [np.asarray(to_rgb(img), dtype=np.uint8) for img in batch]
     shapes = sorted({a.shape for a in arrays})
     if len(shapes) > 1:
         raise ValueError(f"images in one batch must have the same size, got {shapes}")
@@ -157,7 +132,65 @@ def _os_reason(error: OSError) -> str:
         return "is a directory"
     if isinstance(error, PermissionError):
         return "permission denied"
+    if error.errno == errno.ELOOP:
+        return "symbolic link loop"
     return f"cannot read file ({error.strerror or error})"
+
+
+def _missing_reason(path: str) -> str:
+    """Why `path` cannot be stat'ed: a dangling link and a link loop are worded as such."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        if isinstance(error, FileNotFoundError) and os.path.islink(path):
+            return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
+        return _os_reason(error)
+    return "no such file or directory"
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "is a directory"),
+    (stat.S_ISFIFO, "not a regular file (a named pipe)"),
+    (stat.S_ISSOCK, "not a regular file (a socket)"),
+    (stat.S_ISCHR, "not a regular file (a character device)"),
+    (stat.S_ISBLK, "not a regular file (a block device)"),
+)
+
+
+def _not_regular(mode: int) -> str | None:
+    """The reason a file of this st_mode is refused, or None for a regular file."""
+    for test, reason in _FILE_KINDS:
+        if test(mode):
+            return reason
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _open_regular(path: str | os.PathLike[str]) -> IO[bytes]:
+    """Open a regular file for reading, refusing pipes, devices and folders before any read.
+
+    A FIFO named `x.png` would block a plain `open()` forever and `/dev/zero` would never end,
+    so the file type is checked first, then again on the open descriptor (no race: O_NONBLOCK
+    keeps the open itself from waiting for a writer).
+    """
+    name = os.fspath(path)
+    try:
+        info = os.stat(name)
+    except OSError as error:
+        reason = _missing_reason(name) if isinstance(error, FileNotFoundError) else _os_reason(error)
+        raise ImageError(str(path), reason) from error
+    reason = _not_regular(info.st_mode)
+    if reason is not None:
+        raise ImageError(str(path), reason)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(name, flags)
+    except OSError as error:
+        raise ImageError(str(path), _os_reason(error)) from error
+    reason = _not_regular(os.fstat(fd).st_mode)
+    if reason is not None:
+        os.close(fd)
+        raise ImageError(str(path), reason)
+    return os.fdopen(fd, "rb")
 
 
 def _decode(fh: IO[bytes], name: str, exif_transpose: bool) -> Image.Image:
@@ -188,20 +221,16 @@ def load_image(
 ) -> Image.Image:
     """Read an image file and return its `size` x `size` RGB center crop.
 
-    Every failure (missing, empty, not an image, truncated, too large) raises ImageError with a
-    short reason, so a batch job can report the file and go on. EXIF orientation is ignored by
+    Every failure (missing, broken link, not a regular file, empty, not an image, truncated, too
+    large, pixel values of unknown range) raises ImageError with a short reason, so a batch job
+    can report the file and go on. EXIF orientation is ignored by
     default because the official pipeline ignores it and tokens must match; multi-frame files
     (GIF, APNG, ...) use their first frame.
     """
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"crop size must be a positive integer, got {size!r}")
-    name = str(path)
-    try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed by the `with` below
-    except OSError as error:
-        raise ImageError(name, _os_reason(error)) from error
-    with fh:
-        return read_image(fh, name, size, exif_transpose)
+    with _open_regular(path) as fh:
+        return read_image(fh, str(path), size, exif_transpose)
 
 
 def read_image(fh: IO[bytes], name: str, size: int, exif_transpose: bool = False) -> Image.Image:
@@ -226,7 +255,15 @@ def read_image(fh: IO[bytes], name: str, size: int, exif_transpose: bool = False
             raise ImageError(name, _os_reason(error)) from error  # a real I/O failure mid-read
         # Pillow reports decoder trouble as errno-less OSError, SyntaxError, EOFError, ...
         raise ImageError(name, "truncated or corrupt image data") from error
-    return center_crop(image, size)
+    try:
+        return center_crop(image, size)
+    except PixelRangeError as error:
+        raise ImageError(name, str(error)) from error
+    except MemoryError as error:
+        raise ImageError(name, "not enough memory to decode image") from error
+    except (ValueError, OSError) as error:  # a mode Pillow cannot turn into RGB
+        detail = " ".join(str(error).split())
+        raise ImageError(name, f"cannot convert {image.mode} image to RGB ({detail})") from error
 
 
 def _is_image_name(name: str) -> bool:
@@ -248,8 +285,10 @@ def _sorted_entries(directory: str) -> list[os.DirEntry[str]]:
 def _walk_folder(root: str) -> Iterator[tuple[Path, str]]:
     """Depth-first, name-sorted walk yielding image files below `root` with POSIX relative names.
 
-    Hidden entries are skipped. Symlinked folders are not entered (no cycles); symlinked files are
-    yielded like regular files.
+    Hidden entries are skipped. Real folders are entered (also one named `x.jpg/`); symlinked
+    folders are not (no cycles). Every other entry with an image suffix is yielded without being
+    opened or even stat'ed through its link, whatever it is (dangling or looping link, FIFO,
+    device), so `load_image` reports it like any bad file and the walk never blocks.
     """
     stack: list[tuple[Iterator[os.DirEntry[str]], str]] = [(iter(_sorted_entries(root)), "")]
     while stack:
@@ -261,12 +300,11 @@ def _walk_folder(root: str) -> Iterator[tuple[Path, str]]:
         relative = prefix + entry.name
         try:
             is_dir = entry.is_dir(follow_symlinks=False)
-            is_file = not is_dir and entry.is_file()
         except OSError:
-            continue
+            is_dir = False
         if is_dir:
             stack.append((iter(_sorted_entries(entry.path)), relative + "/"))
-        elif is_file and _is_image_name(entry.name):
+        elif _is_image_name(entry.name):
             yield Path(entry.path), relative
 
 
@@ -284,7 +322,7 @@ def iter_image_files(inputs: Sequence[str | os.PathLike[str]]) -> Iterator[tuple
     for item in inputs:
         absolute = os.path.abspath(os.fspath(item))
         if not os.path.exists(absolute):
-            raise ImageError(str(item), "no such file or directory")
+            raise ImageError(str(item), _missing_reason(absolute))
         roots.append(absolute)
     if len(roots) == 1:
         base = roots[0] if os.path.isdir(roots[0]) else os.path.dirname(roots[0])

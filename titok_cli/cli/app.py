@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from . import bench, decode, download, encode, models, sample
-from .common import guarded
+from .common import guarded, run_app
 
 app = typer.Typer(
     name="titok",
@@ -62,4 +62,4 @@ def main() -> None:
         from titok_cli.allocator import tune_cpu_allocator
 
         tune_cpu_allocator()
-    app(prog_name="titok")
+    run_app(app, prog_name="titok")
