@@ -14,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from titok_cli.cli.app import app
+from titok_cli.token_file import array_sha256
 
 VQ = "golden/tok_vq_legacy_tiny"
 VAE = "golden/tok_vae_tiny"
@@ -75,7 +76,7 @@ def test_manifest_and_json_summary(hub_cache, images_dir, tmp_path):
     summary = json.loads(result.stdout)
     assert summary["count"] == 2 and summary["failed"] == [] and summary["tokens_per_image"] == 8
     assert summary["model"]["repo"] == VQ
-    manifest = [json.loads(line) for line in (tmp_path / "sub" / "tokens.manifest.jsonl").read_text().splitlines()]
+    manifest = [json.loads(line) for line in (tmp_path / "sub" / "tokens.npy.manifest.jsonl").read_text().splitlines()]
     header, rows = manifest[0], manifest[1:]
     assert header["model"]["repo"] == VQ and header["model"]["num_tokens"] == 8
     assert [r["path"] for r in rows] == ["chelsea.png", "rocket.jpg"]
@@ -137,10 +138,13 @@ def test_bad_files_are_reported_and_skipped(hub_cache, mixed_folder, tmp_path):
     result = run("encode", mixed_folder, "-o", out, "--model", VQ, "--device", "cpu")
     assert result.exit_code == 1
     assert "Traceback" not in result.output
-    reported = dict(line.split(": ", 1) for line in result.stderr.strip().splitlines())
+    *found, summary = result.stderr.strip().splitlines()
+    reported = dict(line.split(": ", 1) for line in found)  # each bad file as it is found ...
     assert set(reported) == set(BAD)
     for name, reason in BAD.items():
         assert reported[name].startswith(reason), (name, reported[name])
+        assert f"{name} ({reason}" in summary  # ... and again in the closing summary
+    assert summary.startswith(f"{len(BAD)} files failed: ") and summary.endswith(f"(all in {out}.manifest.jsonl)")
     good = 2 + len(ODD_BUT_VALID)
     assert result.stdout.strip() == f"{good} images -> {out} (8 tokens each), {len(BAD)} failed"
 
@@ -184,7 +188,7 @@ def test_every_file_bad_writes_nothing(hub_cache, tmp_path):
     (folder / "a [red] :cat:.png").write_bytes(b"")  # printed verbatim: no rich markup, no emoji codes
     result = run("encode", folder, "-o", tmp_path / "t.npy", "--model", VQ, "--device", "cpu")
     assert result.exit_code == 1
-    assert result.stderr == "a [red] :cat:.png: empty file\n"
+    assert result.stderr == "a [red] :cat:.png: empty file\n1 file failed: a [red] :cat:.png (empty file)\n"
     assert "0 images -> nothing written" in result.stdout
     assert not (tmp_path / "t.npy").exists()
 
@@ -217,12 +221,15 @@ def _variant(token_file: Path, name: str, array=None, raw: bytes | None = None, 
         target.write_bytes(raw)
     else:
         np.save(target, np.load(token_file) if array is None else array)
-    lines = (token_file.parent / "tokens.manifest.jsonl").read_text().splitlines()
+    lines = (token_file.parent / "tokens.npy.manifest.jsonl").read_text().splitlines()
+    header = json.loads(lines[0])
+    if raw is None:  # the manifest describes the new array (as one written for it would), so the
+        stored = np.load(target)  # checks below are about the array against the model
+        header["array"] = {"dtype": str(stored.dtype), "shape": list(stored.shape), "sha256": array_sha256(stored)}
     if header_edit is not None:
-        header = json.loads(lines[0])
         header_edit(header)
-        lines[0] = json.dumps(header)
-    (folder / "tokens.manifest.jsonl").write_text("\n".join(lines) + "\n")
+    lines[0] = json.dumps(header)
+    (folder / "tokens.npy.manifest.jsonl").write_text("\n".join(lines) + "\n")
     return target
 
 
@@ -273,14 +280,15 @@ def test_without_manifest_needs_model_and_names_rows(token_file, tmp_path):
 
 
 def test_names_escaping_the_output_folder_are_refused(token_file, tmp_path):
-    manifest = token_file.parent / "tokens.manifest.jsonl"
+    manifest = token_file.parent / "tokens.npy.manifest.jsonl"
     lines = manifest.read_text().splitlines()
     row = json.loads(lines[1])
     row["path"] = "../escape.jpg"
     lines[1] = json.dumps(row)
     manifest.write_text("\n".join(lines) + "\n")
     result = run("decode", token_file, "-o", tmp_path / "out", "--device", "cpu")
-    assert result.exit_code == 1 and "refusing to write outside OUTDIR" in result.stderr
+    assert result.exit_code == 1 and "refusing to write outside the output folder" in result.stderr
+    assert result.stderr.startswith(f"error: {token_file}: row name '../escape.jpg'")
     assert not (tmp_path / "out").exists() and not (tmp_path / "escape.png").exists()
 
 

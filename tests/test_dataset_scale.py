@@ -95,12 +95,14 @@ def test_torchrun_two_ranks_match_single_process(golden, tmp_path):
     multi = tmp_path / "multi" / "tokens.npz"
     # one thread per process in both runs, so float rounding is the same everywhere
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TITOK_DIST_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
-    one = [sys.executable, "-m", "titok_cli.encode_job", str(model), str(src), str(single)]
-    assert subprocess.run(one, env=env, timeout=300).returncode == 0
+    # the command users run: `titok encode` (python -m titok_cli), alone and under torchrun
+    args = ["encode", str(src), "--model", str(model), "--device", "cpu", "-b", "5", "-q", "-o"]
+    one = [sys.executable, "-m", "titok_cli", *args, str(single)]
+    assert subprocess.run(one, env=env, timeout=300).returncode == 1  # one bad file: exit 1, as documented
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29577",
-           "-m", "titok_cli.encode_job", str(model), str(src), str(multi)]  # fmt: skip
+           "-m", "titok_cli", *args, str(multi)]  # fmt: skip
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 1 and "zero.png: empty file" in res.stderr, res.stderr[-3000:]
     assert multi.read_bytes() == single.read_bytes()
     assert manifest_path(multi).read_bytes() == manifest_path(single).read_bytes()
     tf = load_tokens(multi)

@@ -13,7 +13,8 @@ import titok_cli
 from titok_cli.encode_job import encode_files
 from titok_cli.errors import ImageError, TokenFileError
 from titok_cli.preprocess import load_image, to_tensor
-from titok_cli.token_file import check_tokens_fit, load_tokens, manifest_path
+from titok_cli.decode_job import check_tokens_fit
+from titok_cli.token_file import load_tokens, manifest_path
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_encode_folder_matches_library(tok, photos, tmp_path, workers):
     res = encode_files([photos], out, tok, batch_size=3, workers=workers)
     assert res.count == 7 and not res.failures
     tf = load_tokens(out)
-    assert tf.tokens.dtype == np.uint8  # codebook 256 fits a byte
+    assert tf.stored_dtype == np.uint8 and tf.tokens.dtype == np.int64  # stored in a byte, read back as int64
     assert tf.names == sorted(tf.names, key=lambda n: ("/" in n, n)) or tf.names[0] == "ILSVRC2012_val_00008636.png"
     assert set(tf.names) >= {"sub/camera.png", "sub/chelsea.png", "sub/coffee.png", "rocket.jpg"}
     np.testing.assert_array_equal(tf.tokens, _expected(tok, photos, tf.names))
@@ -106,17 +107,17 @@ def test_malformed_token_files_are_refused(tok, tmp_path, golden):
 
 
 def test_tree_is_walked_once_without_progress_and_twice_with(tok, photos, tmp_path, monkeypatch):
-    from titok_cli import encode_job
+    from titok_cli import inputs
 
     listed = []  # every file the walks yield
-    original = encode_job.iter_image_files
+    original = inputs.iter_image_files
 
     def counting(inputs):
         for item in original(inputs):
             listed.append(item)
             yield item
 
-    monkeypatch.setattr(encode_job, "iter_image_files", counting)
+    monkeypatch.setattr(inputs, "iter_image_files", counting)
     quiet = encode_files([photos], tmp_path / "a.npy", tok)
     assert len(listed) == 7 + 1  # the encoding walk, plus one file to know the input is not empty
     listed.clear()

@@ -4,6 +4,7 @@
     tok = titok_cli.load_tokenizer("titok-l32")
     ids = tok.encode(images)      # [B,3,256,256] in [0,1] -> int64 [B,32]
     pixels = tok.decode(ids)      # -> float32 [B,3,256,256]
+    tf = titok_cli.load_tokens("tokens.npy")   # int64 ids + names, labels, manifest header
 
 Importing this package loads neither typer nor rich.
 """
@@ -40,6 +41,14 @@ _LAZY = {
     "to_uint8": "models.tokenizer",
     "SamplingParams": "sampling",
     "center_crop": "preprocess",
+    "load_tokens": "token_file",
+    "save_tokens": "token_file",
+    "TokenFile": "token_file",
+    "encode_files": "encode_job",
+    "EncodeSettings": "encode_job",
+    "EncodeResult": "encode_job",
+    "decode_to_pngs": "decode_job",
+    "check_output": "outputs",
 }
 
 __all__ = [
@@ -54,6 +63,14 @@ __all__ = [
     "available_models",
     "center_crop",
     "to_uint8",
+    "load_tokens",
+    "save_tokens",
+    "TokenFile",
+    "encode_files",
+    "EncodeSettings",
+    "EncodeResult",
+    "decode_to_pngs",
+    "check_output",
     "TitokError",
     "ConfigError",
     "CheckpointError",

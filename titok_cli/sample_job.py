@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .encode_job import _barrier, dist_info
+from .distributed import _barrier, dist_info
 from .errors import TitokError
 from .models.tokenizer import to_uint8
 from .sampling import SamplingParams, maskgit_generate

@@ -1,17 +1,23 @@
-"""Token files on disk: `tokens.npy` / `tokens.npz` plus a JSON-lines manifest beside them.
+"""Token files on disk: `tokens.npy` / `.npz` / `.tar` plus a JSON-lines manifest beside each.
 
 Layout (documented in the README):
   tokens.npy                 [N,K] smallest unsigned int dtype that holds the codebook
                              (VAE models: [N,C,K] float32 posterior means)
   tokens.npz                 the same array as `tokens`, plus `names` (and `labels` if known)
-  tokens.manifest.jsonl      line 1: run header (model, preprocessing, dtype, tool version, ...)
-                             then one {"row": i, "path": ..., ["label": c]} per row,
-                             then one {"failed": path, "reason": ...} per skipped input.
-Every file is written to a temporary name and renamed, so a crash leaves no half file.
+  tokens.tar                 webdataset samples `<key>.tokens.npy` + `<key>.json`
+  tokens.npy.manifest.jsonl  line 1: run header (model, preprocessing, tool version, and the
+                             array's count, dtype, shape and sha256), then one
+                             {"row": i, "path": ..., ["label": c]} per row, then one
+                             {"failed": path, "reason": ...} per skipped input.
+Each token file owns its manifest: the name carries the whole file name (so `t.npy` and `t.npz`
+never share one) and the header's sha256 of the array's C-order bytes proves which array it
+describes. Older releases wrote `tokens.manifest.jsonl`; it is still read when it provably
+belongs to the file. Reading never unpickles anything. Writing lives in `token_writers`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -29,11 +35,17 @@ from .errors import TokenFileError
 FORMAT = "titok-tokens"
 FORMAT_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.jsonl"
+TOKEN_SUFFIXES = (".npy", ".npz", ".tar")
+_HASH_ROWS = 1 << 16  # rows hashed (and checked for NaN) per step: bounded memory on big files
 
 
 @dataclass
 class TokenFile:
-    """A loaded token array with its manifest (names/labels/header are empty without one)."""
+    """A loaded token array with its manifest (names/labels/header are empty without one).
+
+    `tokens` holds int64 ids [N,K] or float32 latents [N,C,K]; with `load_tokens(as_stored=True)`
+    it keeps the file's own dtype (`.npy` memory-mapped) and `stored_dtype` says which that is.
+    """
 
     tokens: np.ndarray
     names: list[str] | None = None
@@ -41,6 +53,8 @@ class TokenFile:
     header: dict[str, Any] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
     path: Path | None = None
+    manifest: Path | None = None
+    stored_dtype: np.dtype | None = None
 
     @property
     def is_latent(self) -> bool:
@@ -51,16 +65,19 @@ def token_dtype(codebook_size: int | None) -> np.dtype:
     """Smallest unsigned integer dtype that holds ids 0..codebook_size-1 (float32 for VAE)."""
     if codebook_size is None:
         return np.dtype(np.float32)
-    for dt in (np.uint8, np.uint16, np.uint32):
-        if codebook_size - 1 <= np.iinfo(dt).max:
-            return np.dtype(dt)
-    return np.dtype(np.int64)
+    return np.min_scalar_type(max(codebook_size - 1, 0))
 
 
 def manifest_path(path: str | os.PathLike) -> Path:
-    """`out/tokens.npy` -> `out/tokens.manifest.jsonl`."""
+    """`out/tokens.npy` -> `out/tokens.npy.manifest.jsonl` (one manifest per token file)."""
     path = Path(path)
-    return path.with_name(path.stem + MANIFEST_SUFFIX) if path.suffix in (".npy", ".npz", ".tar") else Path(str(path) + MANIFEST_SUFFIX)
+    return path.with_name(path.name + MANIFEST_SUFFIX)
+
+
+def legacy_manifest_path(path: str | os.PathLike) -> Path:
+    """The name releases before 0.2 used: `out/tokens.manifest.jsonl` (shared by .npy/.npz/.tar)."""
+    path = Path(path)
+    return path.with_name(path.stem + MANIFEST_SUFFIX)
 
 
 @contextmanager
@@ -88,10 +105,16 @@ def atomic_path(final: str | os.PathLike, suffix: str = "", durable: bool = True
         raise
 
 
-def manifest_header(header: dict[str, Any], dtype: np.dtype, shape: Sequence[int]) -> str:
-    """The manifest's first line: run header plus the array's row count, dtype and shape."""
-    full = {"format": FORMAT, "version": FORMAT_VERSION, **header, "count": int(shape[0]),
-            "array": {"dtype": str(np.dtype(dtype)), "shape": [int(x) for x in shape]}}  # fmt: skip
+def manifest_header(
+    header: dict[str, Any], dtype: np.dtype, shape: Sequence[int], sha256: str | None = None, file: str | None = None
+) -> str:
+    """The manifest's first line: run header plus the array's row count, dtype, shape and hash."""
+    array: dict[str, Any] = {"dtype": str(np.dtype(dtype)), "shape": [int(x) for x in shape]}
+    if sha256 is not None:
+        array["sha256"] = sha256
+    full = {"format": FORMAT, "version": FORMAT_VERSION, **header, "count": int(shape[0]), "array": array}
+    if file is not None:
+        full["file"] = file
     return json.dumps(full) + "\n"
 
 
@@ -108,25 +131,6 @@ def manifest_failure(path: str, reason: str) -> str:
     return json.dumps({"failed": path, "reason": reason}) + "\n"
 
 
-def write_manifest(
-    path: str | os.PathLike,
-    header: dict[str, Any],
-    tokens: np.ndarray,
-    names: Sequence[str],
-    labels: Sequence[int] | None = None,
-    failures: Sequence[tuple[str, str]] = (),
-) -> Path:
-    """Write the JSON-lines manifest for `tokens` atomically; returns its path."""
-    target = Path(path)
-    with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(manifest_header(header, tokens.dtype, tokens.shape))
-        for i, name in enumerate(names):
-            fh.write(manifest_row(i, name, None if labels is None else labels[i]))
-        for name, reason in failures:
-            fh.write(manifest_failure(name, reason))
-    return target
-
-
 def save_tokens(
     path: str | os.PathLike,
     tokens: np.ndarray,
@@ -135,21 +139,18 @@ def save_tokens(
     labels: Sequence[int] | None = None,
     failures: Sequence[tuple[str, str]] = (),
 ) -> tuple[Path, Path]:
-    """Write tokens (.npy or .npz) and the manifest, each atomically. Returns both paths."""
-    path = Path(path)
-    if path.suffix not in (".npy", ".npz"):
-        raise TokenFileError(f"{path}: output must end in .npy or .npz")
-    if len(names) != len(tokens):
-        raise ValueError("one name per token row is required")
-    manifest = write_manifest(manifest_path(path), header, tokens, names, labels, failures)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            if path.suffix == ".npy":
-                np.save(fh, tokens, allow_pickle=False)
-            else:
-                extra = {} if labels is None else {"labels": np.asarray(labels, dtype=np.int64)}
-                np.savez(fh, tokens=tokens, names=np.asarray(list(names), dtype=np.str_), **extra)
-    return path, manifest
+    """Write tokens (.npy, .npz or .tar) and their manifest, each atomically. Returns both paths."""
+    from .token_writers import write_array
+
+    return write_array(path, tokens, header, names, labels, failures)
+
+
+def array_sha256(tokens: np.ndarray) -> str:
+    """sha256 of the array's C-order bytes, read in slices (a memory-mapped file stays on disk)."""
+    digest = hashlib.sha256()
+    for start in range(0, len(tokens), _HASH_ROWS):
+        digest.update(np.ascontiguousarray(tokens[start : start + _HASH_ROWS]).tobytes())
+    return digest.hexdigest()
 
 
 def _read_manifest(path: Path) -> tuple[dict[str, Any], list[str], np.ndarray | None, list[dict[str, Any]]]:
@@ -170,15 +171,22 @@ def _read_manifest(path: Path) -> tuple[dict[str, Any], list[str], np.ndarray | 
                     if not isinstance(item, dict) or item.get("format") != FORMAT:
                         raise TokenFileError(f"{path}: not a titok manifest (first line lacks format={FORMAT!r})")
                     header = item
+                elif not isinstance(item, dict):
+                    raise TokenFileError(f"{path}: line {lineno}: neither a row nor a failure record")
                 elif "failed" in item:
-                    failures.append({"path": item["failed"], "reason": item.get("reason", "")})
-                elif "row" in item and "path" in item:
+                    failures.append({"path": str(item["failed"]), "reason": str(item.get("reason", ""))})
+                elif "row" in item and isinstance(item.get("path"), str):
                     if item["row"] != len(names):
                         raise TokenFileError(f"{path}: line {lineno}: rows out of order")
-                    names.append(str(item["path"]))
-                    labels.append(int(item.get("label", -1)))
+                    label = item.get("label", -1)
+                    if not isinstance(label, int) or isinstance(label, bool):
+                        raise TokenFileError(f"{path}: line {lineno}: label {label!r} is not an integer")
+                    names.append(item["path"])
+                    labels.append(label)
                 else:
                     raise TokenFileError(f"{path}: line {lineno}: neither a row nor a failure record")
+    except UnicodeDecodeError:
+        raise TokenFileError(f"{path}: not a text manifest (invalid UTF-8)") from None
     except OSError as exc:
         raise TokenFileError(f"{path}: cannot read manifest ({exc.strerror or exc})") from None
     if header is None:
@@ -187,88 +195,50 @@ def _read_manifest(path: Path) -> tuple[dict[str, Any], list[str], np.ndarray | 
     return header, names, label_arr, failures
 
 
-def _read_tar(path: Path) -> tuple[np.ndarray, list[str], np.ndarray | None, dict[str, Any]]:
-    """A webdataset shard written by `titok encode -o X.tar`: `<key>.tokens.npy` + `<key>.json` per row.
-
-    Rows come in tar order; names and labels from each row's JSON; the model name too, so a
-    shard without its manifest still says which tokenizer made it. Read with the standard
-    library (no webdataset needed), arrays with allow_pickle=False.
-    """
-    import tarfile
-
-    arrays: dict[str, np.ndarray] = {}
-    metas: dict[str, dict[str, Any]] = {}
-    order: list[str] = []
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.partition(".")
-                if ext not in ("tokens.npy", "json"):
-                    raise TokenFileError(f"{path}: member {member.name!r} is not <key>.tokens.npy or <key>.json")
-                data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                if key not in arrays and key not in metas:
-                    order.append(key)
-                try:
-                    if ext == "json":
-                        metas[key] = json.loads(data)
-                    else:
-                        arrays[key] = np.load(io.BytesIO(data), allow_pickle=False)
-                except (ValueError, EOFError) as exc:
-                    raise TokenFileError(f"{path}: member {member.name!r} is unreadable ({exc})") from None
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise TokenFileError(f"{path}: not a readable tar shard ({exc})") from None
-    if not order:
-        raise TokenFileError(f"{path}: no rows (an empty tar)")
-    rows, names, labels = [], [], []
-    for i, key in enumerate(order):
-        if key not in arrays or key not in metas:
-            missing = "tokens.npy" if key not in arrays else "json"
-            raise TokenFileError(f"{path}: row {key!r} has no {key}.{missing}")
-        meta, arr = metas[key], arrays[key]
-        if not isinstance(meta, dict) or meta.get("row", i) != i:
-            raise TokenFileError(f"{path}: {key}.json is not row {i} of this shard")
-        if rows and (arr.shape != rows[0].shape or arr.dtype != rows[0].dtype):
-            raise TokenFileError(f"{path}: {key}.tokens.npy is {arr.dtype}{list(arr.shape)}, "
-                                 f"the first row {rows[0].dtype}{list(rows[0].shape)}")  # fmt: skip
-        rows.append(arr)
-        names.append(str(meta.get("path", key)))
-        labels.append(int(meta.get("label", -1)))
-    label_arr = np.asarray(labels, dtype=np.int64) if any(x >= 0 for x in labels) else None
-    model = {"name": metas[order[0]].get("model")} if metas[order[0]].get("model") else {}
-    return np.stack(rows), names, label_arr, {"model": model} if model else {}
+def _unreadable(path: Path, exc: BaseException) -> TokenFileError:
+    """One line for a file numpy or zipfile could not read; pickles are named, never loaded."""
+    text = str(exc)
+    if "pickle" in text.lower():
+        return TokenFileError(f"{path}: holds pickled Python objects; refusing to unpickle (token files are plain arrays)")
+    if isinstance(exc, EOFError) or "mmap length" in text or "cannot reshape" in text or "truncated" in text.lower():
+        return TokenFileError(f"{path}: truncated (the file is shorter than its header says)")
+    return TokenFileError(f"{path}: not a readable .npy/.npz token file ({text or type(exc).__name__})")
 
 
-def load_tokens(path: str | os.PathLike) -> TokenFile:
-    """Read a token file (.npy, .npz or .tar shard) and its manifest (if present).
+def _read_array(path: Path) -> tuple[np.ndarray, list[str] | None, np.ndarray | None, dict[str, Any]]:
+    """(tokens as stored, names, labels, header) from a .npy, .npz or .tar; allow_pickle=False throughout."""
+    if path.suffix == ".tar":
+        from .token_tar import read_tar
 
-    Anything malformed raises TokenFileError naming the file and the problem.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise TokenFileError(f"{path}: no such file")
-    names_from_npz: list[str] | None = None
+        return read_tar(path)
+    names: list[str] | None = None
     labels: np.ndarray | None = None
-    tar_header: dict[str, Any] = {}
     try:
-        if path.suffix == ".tar":
-            tokens, names_from_npz, labels, tar_header = _read_tar(path)
-        elif path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                if "tokens" not in data.files:
-                    raise TokenFileError(f"{path}: .npz has no 'tokens' array (keys: {', '.join(data.files)})")
-                tokens = data["tokens"]
-                if "names" in data.files:
-                    names_from_npz = [str(x) for x in data["names"]]
-                if "labels" in data.files:
-                    labels = data["labels"]
-        else:
-            tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+        if path.suffix != ".npz":
+            return np.load(path, mmap_mode="r", allow_pickle=False), None, None, {}
+        with np.load(path, allow_pickle=False) as data:
+            if "tokens" not in data.files:
+                keys = ", ".join(data.files) or "none"
+                raise TokenFileError(f"{path}: .npz has no 'tokens' array (keys: {keys})")
+            tokens = data["tokens"]
+            if "names" in data.files:
+                raw = data["names"]
+                if raw.ndim != 1 or raw.dtype.kind not in "US":
+                    raise TokenFileError(f"{path}: 'names' must be a 1-D string array, got {raw.dtype}{list(raw.shape)}")
+                names = [str(x) for x in raw]
+            if "labels" in data.files:
+                labels = data["labels"]
+                if labels.ndim != 1 or labels.dtype.kind not in "iu":
+                    raise TokenFileError(f"{path}: 'labels' must be a 1-D integer array, got {labels.dtype}{list(labels.shape)}")
+                labels = labels.astype(np.int64)
     except TokenFileError:
         raise
-    except (ValueError, OSError, EOFError) as exc:
-        raise TokenFileError(f"{path}: not a readable .npy/.npz token file ({exc})") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise _unreadable(path, exc) from None
+    return tokens, names, labels, {}
+
+
+def _check_array(path: Path, tokens: np.ndarray) -> None:
     if not isinstance(tokens, np.ndarray):
         raise TokenFileError(f"{path}: expected one array")
     kind = tokens.dtype.kind
@@ -278,32 +248,78 @@ def load_tokens(path: str | os.PathLike) -> TokenFile:
     elif kind == "f":
         if tokens.ndim != 3:
             raise TokenFileError(f"{path}: latents must be a 3-D float array [N,C,K], got shape {list(tokens.shape)}")
+        for start in range(0, len(tokens), _HASH_ROWS):
+            if not np.isfinite(tokens[start : start + _HASH_ROWS]).all():
+                raise TokenFileError(f"{path}: latents contain NaN or infinity")
     else:
         raise TokenFileError(f"{path}: dtype {tokens.dtype} is neither integer ids nor float latents")
 
-    tf = TokenFile(tokens=tokens, names=names_from_npz, labels=labels, header=tar_header, path=path)
-    mpath = manifest_path(path)
-    if mpath.is_file():
-        tf.header, names, mlabels, tf.failures = _read_manifest(mpath)
-        if len(names) != len(tokens):
-            raise TokenFileError(f"{mpath}: lists {len(names)} rows but {path.name} holds {len(tokens)}")
-        tf.names = names
+
+def _check_belongs(mpath: Path, header: dict[str, Any], rows: int, path: Path, tokens: np.ndarray) -> None:
+    """Refuse a manifest written for another array (another run, an edited file, a shared name)."""
+    array = header.get("array") if isinstance(header.get("array"), dict) else {}
+    recorded = [("rows", header.get("count", rows)), ("dtype", array.get("dtype")), ("shape", array.get("shape"))]
+    actual = {"rows": len(tokens), "dtype": str(tokens.dtype), "shape": list(tokens.shape)}
+    if rows != len(tokens):
+        raise TokenFileError(f"{mpath}: lists {rows} rows but {path.name} holds {len(tokens)}")
+    for key, value in recorded:
+        if value is not None and value != actual[key]:
+            raise TokenFileError(f"{mpath} does not belong to {path.name}: it records {key} {value}, "
+                                 f"the file has {actual[key]}; re-encode, or delete the stray manifest")  # fmt: skip
+    if array.get("sha256") and array["sha256"] != array_sha256(tokens):
+        raise TokenFileError(f"{mpath} does not belong to {path.name}: the array's sha256 differs from the one "
+                             "recorded (the file was changed or replaced); re-encode, or delete the stray manifest")  # fmt: skip
+
+
+def _own_manifest(path: Path, tokens: np.ndarray) -> tuple[Path, tuple] | None:
+    """The manifest that belongs to `path`: its own name, else the legacy shared name if provably its."""
+    new, old = manifest_path(path), legacy_manifest_path(path)
+    if new.is_file():
+        mpath = new
+    elif old.is_file():
+        mpath = old
+    else:
+        return None
+    parsed = _read_manifest(mpath)
+    header = parsed[0]
+    if mpath == old and not (header.get("array") or {}).get("sha256"):
+        others = [p.name for p in (path.with_suffix(s) for s in TOKEN_SUFFIXES) if p != path and p.is_file()]
+        if others:
+            raise TokenFileError(f"{old} may describe {others[0]} rather than {path.name} (older titok-cli releases "
+                                 f"gave both one manifest); rename it to {manifest_path(path).name} if it is this "
+                                 "file's, or re-encode")  # fmt: skip
+    _check_belongs(mpath, header, len(parsed[1]), path, tokens)
+    return mpath, parsed
+
+
+def load_tokens(path: str | os.PathLike, *, as_stored: bool = False) -> TokenFile:
+    """Read a token file (.npy, .npz or .tar shard) and the manifest that belongs to it.
+
+    Ids come back as int64 (latents as float32), ready for `torch.from_numpy`; `as_stored`
+    keeps the file's dtype instead (a `.npy` stays memory-mapped: for files larger than RAM).
+    Anything malformed, or a manifest written for another array, raises TokenFileError naming
+    the file and the problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TokenFileError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise TokenFileError(f"{path}: empty file")
+    tokens, names, labels, tar_header = _read_array(path)
+    _check_array(path, tokens)
+    tf = TokenFile(tokens=tokens, names=names, labels=labels, header=tar_header, path=path, stored_dtype=tokens.dtype)
+    found = _own_manifest(path, tokens)
+    if found is not None:
+        tf.manifest, (tf.header, tf.names, mlabels, tf.failures) = found
         if tf.labels is None:
             tf.labels = mlabels
     if tf.names is not None and len(tf.names) != len(tokens):
         raise TokenFileError(f"{path}: {len(tf.names)} names for {len(tokens)} rows")
+    if tf.labels is not None and len(tf.labels) != len(tokens):
+        raise TokenFileError(f"{path}: {len(tf.labels)} labels for {len(tokens)} rows")
+    if not as_stored:
+        tf.tokens = np.array(tokens, dtype=np.float32 if tokens.dtype.kind == "f" else np.int64)
     return tf
-
-
-def model_source_from_header(header: dict[str, Any]) -> str | None:
-    """What to pass to load_tokenizer to get the model a token file was made with."""
-    model = header.get("model") or {}
-    if model.get("local_path"):
-        return str(model["local_path"])
-    if model.get("repo"):
-        rev = model.get("revision")
-        return model["repo"] + (f"@{rev}" if rev else "")
-    return model.get("name")
 
 
 def model_header(tokenizer: Any) -> dict[str, Any]:
@@ -320,39 +336,6 @@ def model_header(tokenizer: Any) -> dict[str, Any]:
         image_size=cfg.image_size,
     )
     return out
-
-
-def check_tokens_fit(tf: TokenFile, tokenizer: Any) -> None:
-    """Refuse a token file that this tokenizer cannot decode, before anything is written."""
-    cfg = tokenizer.config
-    where = str(tf.path) if tf.path else "tokens"
-    recorded = tf.header.get("model") or {}
-    for key, ours in (("quantize_mode", cfg.quantize_mode), ("num_tokens", cfg.num_latent_tokens),
-                      ("codebook_size", cfg.codebook_size), ("token_size", cfg.token_size)):  # fmt: skip
-        if key in recorded and recorded[key] != ours:
-            raise TokenFileError(
-                f"{where}: made with {recorded.get('name') or 'another model'} ({key}={recorded[key]}), "
-                f"but the chosen model has {key}={ours}"
-            )
-    t = tf.tokens
-    if cfg.is_vae:
-        if t.dtype.kind != "f":
-            raise TokenFileError(f"{where}: holds integer ids, but {cfg.quantize_mode.upper()} model needs float latents")
-        if tuple(t.shape[1:]) != (cfg.token_size, cfg.num_latent_tokens):
-            raise TokenFileError(
-                f"{where}: latents are [N,{t.shape[1]},{t.shape[2]}], the model needs [N,{cfg.token_size},{cfg.num_latent_tokens}]"
-            )
-        if len(t) and not np.isfinite(np.asarray(t)).all():
-            raise TokenFileError(f"{where}: latents contain NaN or infinity")
-        return
-    if t.dtype.kind not in "iu":
-        raise TokenFileError(f"{where}: holds float values ({t.dtype}), but a VQ model needs integer token ids")
-    if t.shape[1] != cfg.num_latent_tokens:
-        raise TokenFileError(f"{where}: rows have {t.shape[1]} tokens, the model needs {cfg.num_latent_tokens}")
-    if len(t):
-        lo, hi = int(np.min(t)), int(np.max(t))
-        if lo < 0 or hi >= cfg.codebook_size:
-            raise TokenFileError(f"{where}: token ids span {lo}..{hi}, outside the codebook 0..{cfg.codebook_size - 1}")
 
 
 def zip_member(zf: "zipfile.ZipFile", name: str):

@@ -1,9 +1,9 @@
-"""`titok encode`: image files and folders -> one token file (.npy/.npz) plus its manifest."""
+"""`titok encode`: image files and folders -> one token file (.npy/.npz/.tar) plus its manifest."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -23,6 +23,12 @@ from .common import (
     progress_bar,
     say,
 )
+from .decode import OverwriteOpt
+
+if TYPE_CHECKING:  # pragma: no cover
+    from titok_cli.encode_job import EncodeResult
+
+SUMMARY_FAILURES = 10  # failures repeated in the closing summary (all of them are in the manifest)
 
 
 def encode(
@@ -54,6 +60,7 @@ def encode(
         int | None,
         typer.Option("--shard-size", min=1, help="Rows per output file: OUT-000000.npy, OUT-000001.npy, ..."),
     ] = None,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -61,56 +68,74 @@ def encode(
 
     Each image gets the official center crop to the model's resolution. VQ models give integer
     ids [N,K] (smallest unsigned dtype that fits the codebook), VAE models float latents
-    [N,C,K]. A manifest OUT.manifest.jsonl beside the file records each row's source path, the
-    model and the files that failed. Bad files are reported and skipped (exit code 1).
-    Output appears only when the run is complete; an interrupted run resumes when the same
-    command is repeated. Under torchrun every rank takes a share and rank 0 writes the file.
+    [N,C,K]. A manifest OUT.manifest.jsonl (e.g. tokens.npy.manifest.jsonl) beside the file
+    records each row's source path, the model and the files that failed. Bad files are reported
+    as they are found and skipped (exit code 1). Output appears only when the run is complete;
+    an interrupted run resumes when the same command is repeated. An existing OUT is replaced
+    only with --overwrite (the same command again reports it as done). Under torchrun every
+    rank takes a share and rank 0 writes the file.
 
     Example:  titok encode photos/ extra.jpg -o tokens.npy --model titok-l32
     """
     check_output_file(output, (".npy", ".npz", ".tar"), "output")
-    from titok_cli.encode_job import dist_info, encode_files, rank_device
+    from titok_cli import load_tokenizer
+    from titok_cli.distributed import dist_info, rank_device
+    from titok_cli.encode_job import encode_files
 
     dev, dt = device_and_dtype(rank_device(device), dtype)
     rank, _ = dist_info()
-
-    from titok_cli import load_tokenizer
-
     tok = load_tokenizer(model, device=dev, dtype=dt)
     hide = quiet or json_output or rank != 0
+    err = err_console()
+
+    def resuming(done: int, total: int | None) -> None:
+        note(f"resuming: {done} of {total} done" if total is not None else f"resuming: {done} inputs done", hide)
+
     with progress_bar("encoding", None, hide) as update:
         result = encode_files(
             inputs, output, tok, batch_size=batch_size, workers=workers, strict=strict,
-            exif_transpose=exif_transpose, shard_size=shard_size,
+            exif_transpose=exif_transpose, shard_size=shard_size, overwrite=overwrite, on_resume=resuming,
+            on_failure=lambda path, reason: err.print(f"{path}: {reason}", markup=False, highlight=False,
+                                                      soft_wrap=True),
             progress=update if draws_progress(hide) else None,  # no bar: no counting walk of the tree
         )  # fmt: skip
     if rank != 0:
         return  # rank 0 reports for everyone
-
-    written = getattr(result, "written", result.count > 0)
-    outputs = [str(p) for p in (getattr(result, "outputs", None) or [result.output])] if written else []
-    err = err_console()
-    for path, reason in result.failures:
-        err.print(f"{path}: {reason}", markup=False, highlight=False, soft_wrap=True)
-    resumed = getattr(result, "resumed_from", 0)
     if json_output:
-        print_json({
-            "output": str(result.output) if written else None, "outputs": outputs,
-            "manifest": str(result.manifest) if written else None,
-            "count": result.count, "tokens_per_image": tok.num_tokens, "resumed_from": resumed,
-            "model": tok.source.describe(),  # type: ignore[attr-defined]
-            "failed": [{"path": p, "reason": r} for p, r in result.failures],
-        })  # fmt: skip
+        print_json(_json_summary(result, tok))
     else:
-        if resumed:
-            note(f"resumed: {resumed} inputs had been done by an interrupted run", quiet)
-        shape = f"{tok.config.token_size}x{tok.num_tokens} latents" if tok.is_vae else f"{tok.num_tokens} tokens"
-        if not outputs:
-            target = "nothing written"
-        elif len(outputs) == 1:
-            target = outputs[0]
-        else:
-            target = f"{outputs[0]} .. {outputs[-1]} ({len(outputs)} files)"
-        say(f"{plural(result.count, 'image')} -> {target} ({shape} each), {len(result.failures)} failed", quiet)
+        _print_summary(result, tok, quiet)
     if result.failures:
         raise typer.Exit(1)
+
+
+def _json_summary(result: EncodeResult, tok: Any) -> dict[str, Any]:
+    outputs = [str(p) for p in result.outputs or [result.output]] if result.written else []
+    return {
+        "output": str(result.output) if result.written else None, "outputs": outputs,
+        "manifest": str(result.manifest) if result.written else None, "count": result.count,
+        "tokens_per_image": tok.num_tokens, "resumed_from": result.resumed_from,
+        "already_done": result.already_done, "model": tok.source.describe(),
+        "failed": [{"path": p, "reason": r} for p, r in result.failures],
+    }  # fmt: skip
+
+
+def _print_summary(result: EncodeResult, tok: Any, quiet: bool) -> None:
+    outputs = [str(p) for p in result.outputs or [result.output]] if result.written else []
+    shape = f"{tok.config.token_size}x{tok.num_tokens} latents" if tok.is_vae else f"{tok.num_tokens} tokens"
+    if not outputs:
+        target = "nothing written"
+    elif len(outputs) == 1:
+        target = outputs[0]
+    else:
+        target = f"{outputs[0]} .. {outputs[-1]} ({len(outputs)} files)"
+    if result.already_done:
+        say(f"already done: {target} holds the {plural(result.count, 'image')} of this same command "
+            "(--overwrite to encode again)", quiet)  # fmt: skip
+        return
+    if result.failures and not quiet:
+        shown = result.failures[:SUMMARY_FAILURES]
+        more = len(result.failures) - len(shown)
+        listing = "; ".join(f"{p} ({r})" for p, r in shown) + (f"; and {more} more" if more else "")
+        note(f"{plural(len(result.failures), 'file')} failed: {listing}" + (f" (all in {result.manifest})" if outputs else ""))
+    say(f"{plural(result.count, 'image')} -> {target} ({shape} each), {len(result.failures)} failed", quiet)

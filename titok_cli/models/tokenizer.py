@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,6 +12,7 @@ from torch import nn
 from ..config import VIT_SIZES, TokenizerConfig, tokenizer_config_from_dict
 from ..errors import ConfigError, TokenFileError
 from ..source import Source
+from .decode_memory import decode_batch_limit
 from .decoder import PROXY_CODEBOOK_SIZE, TiTokDecoder
 from .encoder import TiTokEncoder
 from .layers import KeepsFloat32
@@ -111,9 +113,13 @@ class TiTokTokenizer(nn.Module):
         return ids  # (B, K) int64
 
     # -- tokens -> image ----------------------------------------------------------------
-    def tokens_to_latents(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Ids [B,K] (or [B,1,K]) or VAE latents [B,C,K] -> decoder input [B,C,1,K]."""
-        tokens = tokens.to(self.device)
+    def tokens_to_latents(self, tokens: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Ids [B,K] (or [B,1,K]) or VAE latents [B,C,K] -> decoder input [B,C,1,K].
+
+        Ids may be any integer dtype, numpy or torch, signed or unsigned (the uint16 files of the
+        4096/8192-code models included): they are range-checked first, then used as int64.
+        """
+        tokens = _as_tensor(tokens)
         if self.is_vae:
             if tokens.is_floating_point() and tokens.dim() == 3:
                 b, c, k = tokens.shape
@@ -121,9 +127,9 @@ class TiTokTokenizer(nn.Module):
                     raise TokenFileError(
                         f"latents have shape [B,{c},{k}], this model expects [B,{self.config.token_size},{self.num_tokens}]"
                     )
-                return tokens.float().unsqueeze(2)  # (B, C, 1, K)
+                return tokens.to(self.device).float().unsqueeze(2)  # (B, C, 1, K)
             raise TokenFileError("a VAE tokenizer decodes float latents [B,C,K], not integer ids")
-        if tokens.is_floating_point():
+        if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
             raise TokenFileError(f"a VQ tokenizer decodes integer token ids, got {tokens.dtype}")
         if tokens.dim() == 3 and tokens.shape[1] == 1:
             tokens = tokens.squeeze(1)
@@ -131,11 +137,15 @@ class TiTokTokenizer(nn.Module):
             raise TokenFileError(
                 f"token ids have shape {list(tokens.shape)}, this model expects [B,{self.num_tokens}]"
             )
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= int(self.codebook_size or 0)):
-            raise TokenFileError(
-                f"token ids range {int(tokens.min())}..{int(tokens.max())} is outside the codebook 0..{self.codebook_size - 1}"
-            )
-        return self.quantize.lookup(tokens.long())  # (B, C, 1, K)
+        # torch has no min/max for uint16/32/64: widen first (uint64 ids >= 2**63 turn negative: refused)
+        ids = tokens.to(torch.int64)  # (B, K)
+        if ids.numel():
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= int(self.codebook_size or 0):
+                raise TokenFileError(
+                    f"token ids range {lo}..{hi} is outside the codebook 0..{int(self.codebook_size or 0) - 1}"
+                )
+        return self.quantize.lookup(ids.to(self.device))  # (B, C, 1, K)
 
     def proxy_codes(self, logits: torch.Tensor) -> torch.Tensor:
         """Two-stage models: proxy logits [B,1024,g,g] -> soft VQGAN code grid [B,256,g,g]."""
@@ -152,14 +162,53 @@ class TiTokTokenizer(nn.Module):
         return x.float().contiguous()
 
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Ids [B,K] or VAE latents [B,C,K] -> float32 pixels [B,3,S,S], roughly in [0,1], not clamped."""
-        return self.decode_latents(self.tokens_to_latents(tokens))
+    def decode(self, tokens: torch.Tensor | np.ndarray, *, max_batch: int | None = None) -> torch.Tensor:
+        """Ids [B,K] or VAE latents [B,C,K] -> float32 pixels [B,3,S,S], roughly in [0,1], not clamped.
+
+        The batch is decoded in chunks that fit the memory budget of `decode_memory.decode_batch_limit`
+        (or at most `max_batch` images at a time); every image is computed alone along the batch
+        axis, so the pixels do not depend on the chunking.
+        """
+        z = self.tokens_to_latents(tokens)  # (B, C, 1, K), every row validated
+        step = max_batch if max_batch is not None else decode_batch_limit(self.config, self.dtype, self.device)
+        if step < 1:
+            raise ValueError("max_batch must be at least 1")
+        if len(z) <= step:
+            return self.decode_latents(z)
+        s = self.image_size
+        out = torch.empty((len(z), 3, s, s), dtype=torch.float32, device=self.device)  # (B, 3, S, S)
+        for start in range(0, len(z), step):
+            out[start : start + step] = self.decode_latents(z[start : start + step])
+        return out
+
+    def decode_tokens(self, tokens: torch.Tensor | np.ndarray, **kwargs: Any) -> torch.Tensor:
+        """The official name: ids [B,1,K] or [B,K] (VAE: [B,C,1,K] or [B,C,K]) -> pixels, as `decode`.
+
+        For code ported from the official repository (`tokenizer.decode_tokens(ids)`); like the
+        official method it returns unclamped float pixels.
+        """
+        if self.is_vae and getattr(tokens, "ndim", 0) == 4 and tokens.shape[2] == 1:
+            tokens = tokens[:, :, 0]  # (B, C, K)
+        return self.decode(tokens, **kwargs)
 
     def _check_images(self, images: torch.Tensor) -> None:
         s = self.image_size
         if images.dim() != 4 or tuple(images.shape[1:]) != (3, s, s):
             raise ValueError(f"images must be [B,3,{s},{s}], got {list(images.shape)}")
+
+
+def _as_tensor(tokens: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """numpy arrays (memory-mapped or read-only included) or tensors -> a tensor of the same values."""
+    if isinstance(tokens, torch.Tensor):
+        return tokens
+    arr = np.asarray(tokens)
+    if arr.dtype.kind in "iu":
+        arr = arr.astype(np.int64)  # a copy: writable, and in a dtype torch can compute with
+    elif arr.dtype.kind == "f":
+        arr = np.array(arr, dtype=np.float32)
+    else:
+        raise TokenFileError(f"token arrays hold integer ids or float latents, got dtype {arr.dtype}")
+    return torch.from_numpy(arr)
 
 
 def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
