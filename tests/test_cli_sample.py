@@ -35,23 +35,25 @@ def test_same_seed_same_png_bytes(hub_cache, tmp_path):
 
 
 def test_matches_the_library(hub_cache, tmp_path):
-    """Same seed and device: the CLI's tokens are the library's `generate` output."""
+    """Same seed and device: the CLI's tokens are the library's `generate` output under the seed rule."""
     import torch
 
     import titok_cli
+    from titok_cli.seeds import image_seeds
 
     tokens = tmp_path / "tokens.npy"
     result = run("sample", "-c", "3", "-c", "5", "-n", "2", "--seed", "1", "-o", tmp_path / "s", "--save-tokens",
                  tokens, "--grid", tmp_path / "grid.png", *PAIR)  # fmt: skip
     assert result.exit_code == 0, result.output
     gen = titok_cli.load_generator("golden/gen_vit_tiny")
-    expected = gen.generate(torch.tensor([3, 3, 5, 5]), generator=torch.Generator("cpu").manual_seed(1))
+    expected = gen.generate(torch.tensor([3, 3, 5, 5]), seeds=image_seeds(1, [3, 3, 5, 5]))
     saved = np.load(tokens)
     assert saved.dtype == np.uint8 and np.array_equal(saved, expected.numpy())
 
     # the saved tokens carry a manifest naming the tokenizer, so decode needs no --model and
-    # reproduces exactly the sampled PNGs, under the same names
-    dec = run("decode", tokens, "-o", tmp_path / "d", "--device", "cpu")
+    # reproduces exactly the sampled PNGs, under the same names (sample decodes one image at a
+    # time on the CPU, so that a picture does not depend on its batch: decode -b 1 does the same)
+    dec = run("decode", tokens, "-o", tmp_path / "d", "--device", "cpu", "-b", "1")
     assert dec.exit_code == 0, dec.output
     for name in ["class3_000", "class3_001", "class5_000", "class5_001"]:
         with Image.open(tmp_path / "s" / f"{name}.png") as x, Image.open(tmp_path / "d" / f"{name}.png") as y:
@@ -101,7 +103,7 @@ def test_tokenizer_pairing_errors(hub_cache, tmp_path):
 
 
 def test_imagenet_names_in_file_names():
-    from titok_cli.cli.sample import file_stem, resolve_classes
+    from titok_cli.sample_images import file_stem, resolve_classes
 
     assert resolve_classes(["golden retriever", "207", "tabby cat"], 1000) == [207, 207, 281]
     assert file_stem(207, 0, 1000) == "class207_golden_retriever_000"

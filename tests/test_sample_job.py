@@ -15,8 +15,8 @@ from titok_cli.sample_job import sample_to_npz
 from titok_cli.sampling import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = SamplingParams(num_steps=8, guidance_scale=3.0, guidance_decay="linear", randomize_temperature=4.5,
-                        softmax_temperature_annealing=True)  # fmt: skip
+PARAMS = SamplingParams(num_steps=8, guidance_scale=3.0, guidance_decay="linear", guidance_scale_pow=3.0,
+                        randomize_temperature=4.5, softmax_temperature_annealing=True)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +55,10 @@ def test_resume_skips_finished_batches(models, tmp_path):
     try:
         partial.mkdir()
         first = sj.sample_to_npz  # run once with two batches pre-rendered
+        plan = sj.SamplePlan.build(range(10), 2, seed=1)
         for b in (0, 3):
-            labels = [c for c in range(10) for _ in range(2)][b * 4 : (b + 1) * 4]
-            np.save(partial / f"batch-{b:06d}.npy", original(gen, tok, labels, PARAMS, sj.batch_seed(1, b)))
+            rows = slice(b * 4, (b + 1) * 4)
+            np.save(partial / f"batch-{b:06d}.npy", original(gen, tok, plan.labels[rows], plan.seeds[rows], PARAMS)[1])
         res = first(gen, tok, out, range(10), 2, PARAMS, batch_size=4, seed=1)
     finally:
         sj.render_batch = original
@@ -66,17 +67,20 @@ def test_resume_skips_finished_batches(models, tmp_path):
 
 
 def test_torchrun_matches_single_process(golden, tmp_path):
+    """`torchrun -m titok_cli sample --npz` (the command users run) on 2 ranks = one process."""
     # both runs use one thread per process: conv kernels round differently with other thread counts
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TITOK_DIST_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
-    args = ["-m", "titok_cli.sample_job", str(golden / "gen_vit_tiny"), str(golden / "tok_vq_legacy_tiny")]
+    args = ["-m", "titok_cli", "sample", "-c", "1", "-c", "2", "-c", "3", "-n", "3", "-b", "4", "--annealing",
+            "--model", str(golden / "gen_vit_tiny"), "--tokenizer", str(golden / "tok_vq_legacy_tiny"),
+            "--device", "cpu", "--npz"]  # fmt: skip
     single, multi = tmp_path / "single.npz", tmp_path / "multi.npz"
-    res = subprocess.run([sys.executable, *args, str(single), "3", "1", "2", "3"], env=env, capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
+    res = subprocess.run([sys.executable, *args, str(single)], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29578", *args,
-           str(multi), "3", "1", "2", "3"]  # fmt: skip
+           str(multi)]  # fmt: skip
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("9 images (3 classes x 3, seed 0)") == 1  # rank 0 reports, rank 1 stays quiet
     assert multi.read_bytes() == single.read_bytes()
     with np.load(multi) as f:
         assert f["arr_0"].shape == (9, 64, 64, 3) and f["labels"].tolist() == [1, 1, 1, 2, 2, 2, 3, 3, 3]

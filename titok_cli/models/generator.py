@@ -16,13 +16,14 @@ Dropout is omitted: this is an inference library and dropout is inactive in eval
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import GeneratorConfig, generator_config_from_dict
+from ..sampling_params import SamplingParams
 from ..source import Source
 from .layers import Linear, linear_gelu
 
@@ -82,10 +83,17 @@ class TiTokGenerator(nn.Module):
             raise ValueError(f"ids must be [B,{self.num_tokens}], got {list(ids.shape)}")
         return self.forward_tokens(ids, self.condition_tokens(classes, drop_class)).float()
 
+    def sampling_params(self, **overrides: Any) -> SamplingParams:
+        """This generator's sampling settings (its config's, i.e. the registry's official ones
+        for registry models), with the given fields replaced (None leaves a field as it is)."""
+        return SamplingParams.from_config(self.config).override(**overrides)
+
     @torch.inference_mode()
     def generate(
         self,
-        classes: torch.Tensor,
+        classes: torch.Tensor | None = None,
+        *,
+        params: SamplingParams | None = None,
         num_steps: int | None = None,
         guidance_scale: float | None = None,
         guidance_decay: str | None = None,
@@ -93,16 +101,39 @@ class TiTokGenerator(nn.Module):
         randomize_temperature: float | None = None,
         softmax_temperature_annealing: bool | None = None,
         generator: torch.Generator | None = None,
+        seeds: Sequence[int] | None = None,
+        condition: torch.Tensor | None = None,
+        num_sample_steps: int | None = None,
     ) -> torch.Tensor:
-        """Class ids [B] -> int64 token ids [B,K]; unset arguments take the config's defaults."""
-        from ..sampling import SamplingParams, maskgit_generate
+        """Class ids [B] -> int64 token ids [B,K].
 
+        Settings: `params` (a SamplingParams) or this generator's own (`sampling_params()`),
+        then any field given by keyword. Noise: `generator` draws the whole batch from one
+        stream; `seeds` (one int per row, e.g. `titok_cli.seeds.image_seeds`) gives every row a
+        generator of its own, so a row does not depend on its batch (what `titok sample` uses).
+
+        Porting official code: `condition` is accepted for `classes` and `num_sample_steps` for
+        `num_steps`, so `generate(condition=labels, guidance_scale=..., guidance_decay=...,
+        guidance_scale_pow=..., randomize_temperature=..., softmax_temperature_annealing=...,
+        num_sample_steps=...)` runs as written for the official generators.
+        """
+        from ..sampling import maskgit_generate
+
+        if condition is not None:
+            if classes is not None:
+                raise TypeError("generate() got both classes and condition (its official name)")
+            classes = condition
+        if classes is None:
+            raise TypeError("generate() needs the class ids (classes= or condition=)")
+        if num_sample_steps is not None:
+            if num_steps is not None:
+                raise TypeError("generate() got both num_steps and num_sample_steps (its official name)")
+            num_steps = num_sample_steps
         given = dict(num_steps=num_steps, guidance_scale=guidance_scale, guidance_decay=guidance_decay,
                      guidance_scale_pow=guidance_scale_pow, randomize_temperature=randomize_temperature,
                      softmax_temperature_annealing=softmax_temperature_annealing)  # fmt: skip
-        values = self.config.sampling_defaults() | {k: v for k, v in given.items() if v is not None}
-        params = SamplingParams(**values)
-        return maskgit_generate(self, classes, params, generator=generator)
+        settings = (params if params is not None else self.sampling_params()).override(**given)
+        return maskgit_generate(self, classes, settings, generator=generator, seeds=seeds)
 
 
 # ---------------------------------------------------------------------------------------
