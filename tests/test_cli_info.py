@@ -123,6 +123,27 @@ def test_hub_cache_snapshot_names_repo_and_revision(hub_cache):
     assert (hub_cache / "models--golden--gen_vit_tiny" / "refs" / "main").read_text() == snapshot.name
 
 
+def test_hub_ids_and_repo_folders_resolve_to_the_cached_snapshot(hub_cache):
+    repo_dir = hub_cache / "models--golden--tok_vq_tiny"
+    snapshot = repo_dir / "snapshots" / (repo_dir / "refs" / "main").read_text()
+    by_id, by_folder = info_json("golden/tok_vq_tiny"), info_json(repo_dir)
+    assert by_id["path"] == by_folder["path"] == str(snapshot)
+    assert by_id["provenance"]["repo"] == "golden/tok_vq_tiny" and by_id["kind"] == "tokenizer"
+
+
+def test_registry_name_without_cached_weights():
+    from titok_cli import registry
+
+    entry = registry.get("titok-l32-gen")
+    desc = info_json("titok-l32-gen")  # the test cache is empty and offline
+    assert desc["weights"] is None and desc["parameters_from_registry"] == entry.num_parameters
+    assert desc["architecture"]["tokens"] == entry.generator_config.image_seq_len
+    assert {k: desc["sampling"][k] for k in entry.sampling} == entry.sampling
+    assert desc["provenance"]["repo"] == entry.repo
+    unknown = run("info", "no-such-model")
+    assert unknown.exit_code == 2 and "no-such-model" in unknown.stderr
+
+
 def test_registry_config_gets_the_official_sampling_settings(tmp_path):
     from titok_cli import registry
 

@@ -91,7 +91,7 @@ def test_workers_default_follows_the_cpus():
 
 
 def test_dropped_alias_is_refused():
-    result = CliRunner().invoke(app, ["sample", "--n-per-class", "2", "-c", "1"])
+    result = CliRunner().invoke(app, ["sample", "--num", "2", "-c", "1"])
     assert result.exit_code == 2
 
 

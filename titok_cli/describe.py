@@ -36,12 +36,17 @@ _HUB_SNAPSHOT = re.compile(r"models--(?P<owner>[^/]+?)--(?P<name>[^/]+)/snapshot
 
 
 def describe(path: str | os.PathLike) -> dict[str, Any]:
-    """Describe a token file (.npy/.npz/.tar), a checkpoint folder, config.json or weights file."""
+    """Describe a token file (.npy/.npz/.tar), a checkpoint folder, config.json or weights file.
+
+    A name that is not on disk is looked up as a registry name or Hub repo id in the local
+    Hugging Face cache (never on the network).
+    """
     p = Path(path)
     if p.is_dir():
-        return describe_checkpoint(p)
+        snapshot = _main_snapshot(p)
+        return describe_checkpoint(snapshot if snapshot is not None else p)
     if not p.exists():
-        raise UsageError(f"{p}: no such file or folder")
+        return describe_named(os.fspath(path))
     if p.suffix in TOKEN_SUFFIXES:
         return describe_token_file(p)
     if p.suffix in WEIGHT_SUFFIXES or p.name == "config.json":
@@ -143,7 +148,40 @@ def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         out["kind"] = entry.kind
     out["provenance"] = provenance(folder, entry)
     if out["kind"] == "generator":
-        out["sampling"] = sampling_defaults(config if config is not None else entry.config, entry)  # type: ignore[union-attr]
+        source = config if config is not None else entry.config  # type: ignore[union-attr]
+        out["sampling"] = sampling_defaults(source, entry)
+    return out
+
+
+def _main_snapshot(folder: Path) -> Path | None:
+    """A repo folder of a Hub cache (`models--owner--name/`) -> its snapshot at refs/main."""
+    ref = folder / "refs" / "main"
+    if not folder.name.startswith("models--") or not ref.is_file():
+        return None
+    snapshot = folder / "snapshots" / ref.read_text(encoding="utf-8").strip()
+    return snapshot if snapshot.is_dir() else None
+
+
+def describe_named(name: str) -> dict[str, Any]:
+    """A registry name or Hub repo id: its cached snapshot if there is one, else the registry's facts."""
+    from huggingface_hub import try_to_load_from_cache
+
+    entry = registry.find(name)
+    repo, _, revision = (entry.repo or "", "", entry.revision or "") if entry else name.partition("@")
+    if repo and re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+        cached = try_to_load_from_cache(repo, "config.json", revision=revision or None)
+        if isinstance(cached, str):
+            return describe_checkpoint(Path(cached).parent)
+    if entry is None:
+        raise UsageError(f"{name}: no such file or folder, and not a registry name or a Hub repo in the local cache")
+    arch = architecture(entry.config)
+    out: dict[str, Any] = {"kind": entry.kind, "path": name, "config": None, "architecture": arch,
+                           "weights": None, "parameters_from_registry": entry.num_parameters,
+                           "provenance": {"registry_name": entry.name, "repo": entry.repo, "revision": entry.revision,
+                                          "how": "weights not in the local cache" if entry.repo
+                                          else "architecture only (no public weights)"}}  # fmt: skip
+    if entry.kind == "generator":
+        out["sampling"] = sampling_defaults(entry.config, entry)
     return out
 
 

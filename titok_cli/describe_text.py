@@ -83,6 +83,10 @@ def _checkpoint_lines(d: dict[str, Any]) -> list[tuple[str, str]]:
     if w:
         lines.append(("parameters", f"{w['parameters']:,} in {w['tensors']} tensors ({', '.join(w['dtypes'])})"))
         lines.append(("weights", f"{w['file']} ({w['bytes']:,} bytes, {w['format']})"))
+    elif d.get("parameters_from_registry"):
+        lines.append(("parameters", f"{d['parameters_from_registry']:,} (registry)"))
+        lines.append(("weights", "not in the local cache (`titok download` fetches them)"
+                      if d["provenance"].get("repo") else "none: architecture only"))  # fmt: skip
     else:
         lines.append(("weights", "none beside the config"))
     s = d.get("sampling")

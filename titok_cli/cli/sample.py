@@ -129,7 +129,7 @@ def sample(
     all_classes: Annotated[
         bool, typer.Option("--all-classes", help="Every class of the generator (1000 for ImageNet).")
     ] = False,
-    num: Annotated[int, typer.Option("--num", "-n", metavar="N", min=1, help="Images per class.")] = 4,
+    num: Annotated[int, typer.Option("--n-per-class", "-n", metavar="N", min=1, help="Images per class.")] = 4,
     output: Annotated[
         Path, typer.Option("--output", "-o", metavar="DIR", help="Folder for the PNG files.", file_okay=False)
     ] = Path("samples"),
