@@ -38,6 +38,7 @@ def test_npz_layout_and_repeatability(models, tmp_path):
     assert a.count == 30 and not (tmp_path / "a.npz.partial").exists()
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_batches(models, tmp_path):
     gen, tok = models
     ref = tmp_path / "ref.npz"
@@ -65,6 +66,7 @@ def test_resume_skips_finished_batches(models, tmp_path):
     assert out.read_bytes() == ref.read_bytes()
 
 
+@pytest.mark.slow
 def test_torchrun_matches_single_process(golden, tmp_path):
     # both runs use one thread per process: conv kernels round differently with other thread counts
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TITOK_DIST_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
