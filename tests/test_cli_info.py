@@ -184,3 +184,44 @@ def test_library_needs_neither_typer_nor_rich_nor_torch(golden):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     count, loaded = out.stdout.split(" ", 1)
     assert int(count) >= 5 and loaded.strip() == "[]"
+
+
+def test_demo_cache_and_broken_folder_of_make_demo(tmp_path, monkeypatch, golden):
+    import importlib.util
+
+    from PIL import Image
+
+    from .conftest import ROOT, SHARED
+
+    spec = importlib.util.spec_from_file_location("make_demo", ROOT / "examples" / "make_demo.py")
+    make_demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_demo)  # type: ignore[union-attr]
+    demo = tmp_path / "demo"
+    snapshots = make_demo.build(demo, SHARED)
+    with pytest.raises(SystemExit):  # a folder it did not make is never deleted
+        (tmp_path / "mine").mkdir()
+        (tmp_path / "mine" / "keep.txt").write_text("x")
+        make_demo.build(tmp_path / "mine", SHARED)
+
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(demo / "hf-cache"), raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(demo / "hf-cache"))
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache("golden/gen_vit_tiny", "model.safetensors")
+    assert cached == str(snapshots["gen_vit_tiny"] / "model.safetensors")
+    assert open(cached, "rb").read() == (golden / "gen_vit_tiny" / "model.safetensors").read_bytes()
+    assert info_json("golden/gen_vit_tiny")["provenance"]["revision"] == snapshots["gen_vit_tiny"].name
+
+    broken = demo / "broken"
+    assert (broken / "empty.jpg").stat().st_size == 0
+    with Image.open(broken / "camera16.png") as im:
+        assert im.mode.startswith("I;16") or im.mode == "I"
+        assert np.asarray(im).max() > 255
+    with Image.open(broken / "cmyk.jpg") as im:
+        assert im.mode == "CMYK"
+    with pytest.raises(OSError), Image.open(broken / "truncated.jpg") as im:
+        im.load()
+    with pytest.raises(OSError):
+        Image.open(broken / "notes.png")
