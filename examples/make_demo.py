@@ -205,7 +205,10 @@ def main() -> None:
                 text = last_json_item(text)
             notes = [n for n in (note, f"exit code {code}" if code else "") if n]
             doc.write(("\n" if i else "") + f"$ {command}" + (f"   # {'; '.join(notes)}" if notes else "") + "\n")
-            doc.write(text if text.endswith("\n") or not text else text + "\n")
+            lines = [line.rstrip() for line in text.splitlines()]  # rich pads help pages to the width
+            while lines and not lines[-1]:
+                lines.pop()
+            doc.write("".join(line + "\n" for line in lines))
             print(f"[{code}] {command}", file=sys.stderr)
         doc.write("```\n")
     args.transcripts.parent.mkdir(parents=True, exist_ok=True)
