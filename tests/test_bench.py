@@ -17,6 +17,7 @@ def tiny(golden):
     return str(golden / "tok_vq_legacy_tiny"), str(golden / "gen_vit_tiny")
 
 
+@pytest.mark.slow
 def test_local_folders_load_real_weights(tiny):
     tok, gen = tiny
     r = run_benchmark(model=tok, generator=gen, device="cpu", batch_size=2, warmup=0, iters=1)
@@ -41,6 +42,7 @@ def test_without_generator_sample_is_none(tiny):
     assert "sample not measured" in r["note"]
 
 
+@pytest.mark.slow
 def test_bfloat16_runs(tiny):
     tok, gen = tiny
     r = run_benchmark(model=tok, generator=gen, device="cpu", dtype="bf16", batch_size=2, warmup=0, iters=1)
@@ -48,6 +50,7 @@ def test_bfloat16_runs(tiny):
     assert all(r[t]["images_per_s"] > 0 for t in ("encode", "decode", "sample"))
 
 
+@pytest.mark.slow
 def test_registry_name_without_cache_uses_random_weights(tmp_path, monkeypatch):
     import huggingface_hub.constants as c
 

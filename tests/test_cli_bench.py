@@ -34,6 +34,7 @@ def test_table_on_tiny_golden_models(golden):
     assert "not the requested" not in result.stderr  # --model without --resolution: the model's own size
 
 
+@pytest.mark.slow
 def test_gemm_peak_and_half_precision_agreement_on_real_photos(golden, images_dir):
     result = run("bench", "--model", golden / "tok_vq_legacy_tiny", "--task", "encode", "--task", "decode",
                  "--dtype", "bfloat16", "--agreement", images_dir, "--json", *FAST[:-1])  # fmt: skip
@@ -72,6 +73,7 @@ def test_json_is_valid(golden):
     assert data["tokenizer"]["num_parameters"] > 0
 
 
+@pytest.mark.slow
 def test_random_weights_are_announced(hub_cache):
     # titok-s128 (84M parameters) is not in the offline cache: random weights, encode only to stay quick
     result = run("bench", "--model", "titok-s128", "--task", "encode", "--device", "cpu", "-b", "1",

@@ -112,7 +112,7 @@ def test_imagenet_names_in_file_names():
 
 def test_fid_archive(hub_cache, tmp_path):
     out = tmp_path / "fid.npz"
-    result = run("sample", "--all-classes", "--n-per-class", "2", "--npz", out, "-b", "8", "--seed", "3", *PAIR)
+    result = run("sample", "--all-classes", "--num", "2", "--npz", out, "-b", "8", "--seed", "3", *PAIR)
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == f"20 images (10 classes x 2, seed 3) -> {out}"
     with np.load(out) as archive:

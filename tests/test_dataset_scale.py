@@ -52,6 +52,7 @@ def run_encode(model: Path, src: Path, out: Path, batch: int = 4, workers: int =
                             env=env, **popen)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_killed_encode_resumes_to_identical_output(golden, tmp_path):
     model = golden / "tok_vq_legacy_tiny"
     src = tmp_path / "imgs"
@@ -85,6 +86,7 @@ def test_killed_encode_resumes_to_identical_output(golden, tmp_path):
     assert len(tf.tokens) == 300 and tf.failures == [{"path": "broken.png", "reason": "not an image (cannot identify format)"}]
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_match_single_process(golden, tmp_path):
     pytest.importorskip("torch.distributed")
     model = golden / "tok_vq_legacy_tiny"

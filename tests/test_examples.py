@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,6 +19,7 @@ def run(*args: str) -> str:
     return res.stdout
 
 
+@pytest.mark.slow
 def test_example_scripts(golden, tmp_path):
     tok, gen = str(golden / "tok_vq_legacy_tiny"), str(golden / "gen_vit_tiny")
     out = run("examples/roundtrip.py", "examples/images/chelsea.png", "--model", tok, "-o", str(tmp_path / "r.png"))

@@ -100,6 +100,7 @@ def test_generator_half_precision(golden, case, dtype):
     assert (out == ref.generate(classes, **kw)).float().mean().item() >= 0.75
 
 
+@pytest.mark.slow
 def test_full_size_bfloat16_random_weights(images_dir):
     """S-128 architecture, random weights: indicative only (no checkpoints offline)."""
     from titok_cli import registry

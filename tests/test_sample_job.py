@@ -38,6 +38,7 @@ def test_npz_layout_and_repeatability(models, tmp_path):
     assert a.count == 30 and not (tmp_path / "a.npz.partial").exists()
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_batches(models, tmp_path):
     gen, tok = models
     ref = tmp_path / "ref.npz"
@@ -66,6 +67,7 @@ def test_resume_skips_finished_batches(models, tmp_path):
     assert out.read_bytes() == ref.read_bytes()
 
 
+@pytest.mark.slow
 def test_torchrun_matches_single_process(golden, tmp_path):
     """`torchrun -m titok_cli sample --npz` (the command users run) on 2 ranks = one process."""
     # both runs use one thread per process: conv kernels round differently with other thread counts

@@ -60,7 +60,7 @@ def sample_to_npz(
     if output.suffix != ".npz":
         raise TitokError(f"{output}: the sample archive must end in .npz")
     if n_per_class < 1 or batch_size < 1:
-        raise TitokError("--n-per-class and the batch size must be at least 1")
+        raise TitokError("--num and the batch size must be at least 1")
     check_pair(generator, tokenizer)
     plan = SamplePlan.build(classes, n_per_class, seed)
     labels = plan.labels

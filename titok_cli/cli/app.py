@@ -6,11 +6,13 @@ from typing import Annotated
 
 import typer
 
-from . import bench, decode, download, encode, models, sample
+from . import bench, decode, download, encode, info, models, sample
 from .common import guarded, run_app
+from .help_format import TitokCommand, TitokGroup
 
 app = typer.Typer(
     name="titok",
+    cls=TitokGroup,
     help=(
         "TiTok, the 1-D image tokenizer: a 256x256 image in 32 tokens and back, and class-conditional "
         "generation.\n\n"
@@ -18,7 +20,7 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
     rich_markup_mode="markdown",
-    add_completion=False,
+    add_completion=True,  # titok --install-completion / --show-completion
     pretty_exceptions_enable=False,  # TITOK_DEBUG=1 shows a plain Python traceback
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -30,8 +32,9 @@ for name, command in (
     ("decode", decode.decode),
     ("sample", sample.sample),
     ("bench", bench.bench),
+    ("info", info.info),
 ):
-    app.command(name)(guarded(command))
+    app.command(name, cls=TitokCommand)(guarded(command))
 
 
 def _show_version(value: bool) -> None:
@@ -54,12 +57,9 @@ def root(
 
 def main() -> None:
     """Console-script entry point."""
-    import os
+    # Reuse freed tensor memory instead of re-faulting it on every batch; the benchmarks in
+    # benchmarks/ are measured with it. TITOK_DEFAULT_MALLOC=1 opts out (titok_cli/runtime.py).
+    from titok_cli.allocator import tune_unless_disabled
 
-    if os.environ.get("TITOK_DEFAULT_MALLOC", "") in ("", "0"):
-        # Reuse freed tensor memory instead of re-faulting it on every batch (see the function);
-        # the benchmarks in benchmarks/ are measured with it. TITOK_DEFAULT_MALLOC=1 opts out.
-        from titok_cli.allocator import tune_cpu_allocator
-
-        tune_cpu_allocator()
+    tune_unless_disabled()
     run_app(app, prog_name="titok")

@@ -78,26 +78,29 @@ def bench(
     resolution: Annotated[
         int | None,
         typer.Option("--resolution", "-r", help="256 (official models) or 512 (paper architectures, random weights) "
-                     "[default: 256, or the resolution of --model]."),
+                     "[default: 256, or the resolution of --model].", metavar="PIXELS"),
     ] = None,  # fmt: skip
     model: Annotated[
         str | None,
         typer.Option("--model", "-m", help="Tokenizer: registry name, Hub id or folder [default: titok-l32 at 256, "
-                     "titok-l64-512 at 512]."),
+                     "titok-l64-512 at 512].", metavar="NAME"),
     ] = None,  # fmt: skip
     generator: Annotated[
-        str | None, typer.Option("--generator", help="Generator for `sample` when --model is a folder or Hub id.")
+        str | None,
+        typer.Option("--generator", metavar="NAME", help="Generator for `sample` when --model is a folder or Hub id."),
     ] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
-    batch_size: BatchOpt = 8,
+    batch_size: BatchOpt = 16,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the models first.")] = False,
-    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed calls per task.")] = 1,
-    iters: Annotated[int, typer.Option("--iters", min=1, help="Timed calls per task (the median is reported).")] = 3,
+    warmup: Annotated[int, typer.Option("--warmup", metavar="N", min=0, help="Untimed calls per task.")] = 1,
+    iters: Annotated[
+        int, typer.Option("--iters", metavar="N", min=1, help="Timed calls per task (the median is reported).")
+    ] = 3,
     tasks: Annotated[
         list[str] | None,
         typer.Option("--task", help="encode, decode, sample (generate + decode) or generate (tokens only); "
-                     "repeatable [default: encode, decode, sample]."),
+                     "repeatable [default: encode, decode, sample].", metavar="TASK"),
     ] = None,
     peak: Annotated[
         bool, typer.Option("--peak/--no-peak", help="Measure the device's GEMM peak first (a few seconds) and "
@@ -106,7 +109,7 @@ def bench(
     agreement: Annotated[
         Path | None,
         typer.Option("--agreement", help="With --dtype bfloat16/float16: a folder of images to compare against a "
-                     "float32 copy (token agreement, decode PSNR, NaN count)."),
+                     "float32 copy (token agreement, decode PSNR, NaN count).", metavar="DIR"),
     ] = None,  # fmt: skip
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,

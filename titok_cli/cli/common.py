@@ -27,13 +27,22 @@ DEBUG_ENV = "TITOK_DEBUG"
 
 # -- option aliases, declared once ----------------------------------------------------------
 
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", metavar="DEVICE", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
+]
+DtypeOpt = Annotated[str, typer.Option("--dtype", metavar="DTYPE", help="float32, bfloat16 or float16.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", metavar="N", min=1, help="Images per forward pass.")]
+# timm's scripts default to 4 loader workers; fewer where this process may use fewer CPUs.
+DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+WorkersOpt = Annotated[
+    int,
+    typer.Option("--workers", "-j", metavar="N", min=0, show_default=False,
+                 help="Processes that decode and crop images (0: in this process) [default: min(4, CPUs)]."),
+]  # fmt: skip
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only what scripts need.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 GridOpt = Annotated[
-    Path | None, typer.Option("--grid", metavar="FILE", help="Also write a contact sheet of all images (PNG).")
+    Path | None, typer.Option("--grid", metavar="FILE.png", help="Also write a contact sheet of all images (PNG).")
 ]
 
 

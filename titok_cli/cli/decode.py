@@ -36,8 +36,9 @@ def decode(
                                          file_okay=False, show_default=False)],  # fmt: skip
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="Tokenizer to decode with [default: the one named in the manifest]."),
-    ] = None,
+        typer.Option("--model", "-m", metavar="NAME",
+                     help="Tokenizer to decode with [default: the one named in the manifest]."),
+    ] = None,  # fmt: skip
     grid: GridOpt = None,
     batch_size: BatchOpt = 16,
     device: DeviceOpt = "auto",

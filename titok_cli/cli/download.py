@@ -17,11 +17,13 @@ def download(
                        "of a repo (owner/name:file).", show_default=False),
     ] = None,  # fmt: skip
     everything: Annotated[bool, typer.Option("--all", help="Every checkpoint that has public weights.")] = False,
-    revision: Annotated[str | None, typer.Option("--revision", help="Branch, tag or commit on the Hub.")] = None,
+    revision: Annotated[
+        str | None, typer.Option("--revision", metavar="REV", help="Branch, tag or commit on the Hub.")
+    ] = None,
     local_dir: Annotated[
         Path | None,
         typer.Option("--local-dir", help="Put the files in this folder (one sub-folder per model when several) "
-                     "instead of the Hugging Face cache.", file_okay=False),
+                     "instead of the Hugging Face cache.", file_okay=False, metavar="DIR"),
     ] = None,  # fmt: skip
     quiet: QuietOpt = False,
 ) -> None:

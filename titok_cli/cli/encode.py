@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .common import (
+    DEFAULT_WORKERS,
     BatchOpt,
     DeviceOpt,
     DtypeOpt,
     JsonOpt,
     QuietOpt,
+    WorkersOpt,
     check_output_file,
     device_and_dtype,
     draws_progress,
@@ -39,16 +41,15 @@ def encode(
     ],  # fmt: skip
     output: Annotated[
         Path,
-        typer.Option("--output", "-o", show_default=False,
+        typer.Option("--output", "-o", metavar="FILE", show_default=False,
                      help="Token file to write: .npy (ids only), .npz (ids + names) or .tar (webdataset samples)."),
     ],  # fmt: skip
     model: Annotated[
-        str, typer.Option("--model", "-m", help="Tokenizer: registry name, Hub repo id (owner/name[@rev]) or folder.")
-    ] = "titok-l32",
+        str, typer.Option("--model", "-m", metavar="NAME",
+                          help="Tokenizer: registry name, Hub repo id (owner/name[@rev]) or folder."),
+    ] = "titok-l32",  # fmt: skip
     batch_size: BatchOpt = 16,
-    workers: Annotated[
-        int, typer.Option("--workers", "-j", min=0, help="Processes that decode and crop images (0: in this process).")
-    ] = 0,
+    workers: WorkersOpt = DEFAULT_WORKERS,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad file and write nothing.")] = False,
@@ -58,8 +59,9 @@ def encode(
     ] = False,
     shard_size: Annotated[
         int | None,
-        typer.Option("--shard-size", min=1, help="Rows per output file: OUT-000000.npy, OUT-000001.npy, ..."),
-    ] = None,
+        typer.Option("--shard-size", metavar="ROWS", min=1,
+                     help="Rows per output file: OUT-000000.npy, OUT-000001.npy, ..."),
+    ] = None,  # fmt: skip
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,

@@ -27,38 +27,46 @@ from .common import (
 def sample(
     classes: Annotated[
         list[str] | None,
-        typer.Option("--class", "-c", help="Class id or ImageNet name; repeat for several classes.",
+        typer.Option("--class", "-c", metavar="CLASS", help="Class id or ImageNet name; repeat for several classes.",
                      show_default=False),
     ] = None,  # fmt: skip
     all_classes: Annotated[
         bool, typer.Option("--all-classes", help="Every class of the generator (1000 for ImageNet).")
     ] = False,
-    num: Annotated[int, typer.Option("--num", "-n", "--n-per-class", help="Images per class.")] = 4,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the PNG files.")] = Path("samples"),
+    num: Annotated[int, typer.Option("--num", "-n", metavar="N", help="Images per class.")] = 4,
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Folder for the PNG files.")] = Path(
+        "samples"
+    ),
     model: Annotated[
-        str, typer.Option("--model", "-m", help="Generator: registry name (a tokenizer name picks its generator), "
-                          "Hub repo id or folder.")
+        str, typer.Option("--model", "-m", metavar="NAME", help="Generator: registry name (a tokenizer name picks "
+                          "its generator), Hub repo id or folder.")
     ] = "titok-l32",  # fmt: skip
     tokenizer: Annotated[
         str | None,
-        typer.Option("--tokenizer", help="Tokenizer that decodes the tokens (default: the generator's pair)."),
+        typer.Option("--tokenizer", metavar="NAME",
+                     help="Tokenizer that decodes the tokens [default: the generator's pair]."),
+    ] = None,  # fmt: skip
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Image j of class c depends only on (seed, c, j) and the settings.")] = 0,
+    steps: Annotated[
+        int | None, typer.Option("--steps", metavar="N", help="Sampling steps [default: the model's].")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Image j of class c depends only on (seed, c, j) and the "
-                                      "settings, on a given device.")] = 0,  # fmt: skip
-    steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps [default: the model's].")] = None,
     guidance_scale: Annotated[
-        float | None, typer.Option("--guidance-scale", help="Classifier-free guidance [default: the model's].")
+        float | None,
+        typer.Option("--guidance-scale", metavar="SCALE", help="Classifier-free guidance [default: the model's]."),
     ] = None,
     guidance_decay: Annotated[
         str | None,
-        typer.Option("--guidance-decay", help="constant, linear or power-cosine [default: the model's]."),
+        typer.Option("--guidance-decay", metavar="DECAY",
+                     help="constant, linear or power-cosine [default: the model's]."),  # fmt: skip
     ] = None,
     guidance_scale_pow: Annotated[
-        float | None, typer.Option("--guidance-scale-pow", help="Power of power-cosine [default: the model's].")
+        float | None,
+        typer.Option("--guidance-scale-pow", metavar="POW", help="Power of power-cosine [default: the model's]."),
     ] = None,
     temperature: Annotated[
         float | None,
-        typer.Option("--temperature", help="Gumbel noise temperature (randomize_temperature) [default: the model's]."),
+        typer.Option("--temperature", metavar="T",
+                     help="Temperature of the Gumbel noise [default: the model's]."),  # fmt: skip
     ] = None,
     annealing: Annotated[
         bool | None,

@@ -1,0 +1,220 @@
+"""Rebuild the README's demo and its transcripts from what the repository ships.
+
+    python examples/make_demo.py                       # demo in /tmp/demo, transcripts in examples/transcripts.md
+    python examples/make_demo.py --out /tmp/d --transcripts /tmp/t.md --skip-slow
+
+It lays out the golden tiny checkpoints of ../shared/golden as Hub repos `golden/<case>` in a
+local Hugging Face cache (the layout huggingface_hub itself writes: blobs, snapshots, refs),
+copies the photos of ../shared/images to `images/`, makes a `broken/` folder of odd files
+from them (zero-byte, truncated JPEG, text named .png, 16-bit PNG, CMYK JPEG, plus one good
+photo), then runs every command the README shows, offline, and writes each as `$ command`
+followed by what it printed (stdout and stderr, in order) into one markdown file.
+
+The commands run as `python -m titok_cli` from this checkout (shown as `titok`), so the
+transcripts describe this source tree, not whatever `titok` is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = ("tok_vq_legacy_tiny", "tok_vq_tiny", "tok_vae_tiny", "gen_vit_tiny", "gen_uvit_tiny")
+MARKER = ".titok-demo"  # only a folder holding this file is ever deleted by a rerun
+TOK, VAE, GEN = "golden/tok_vq_legacy_tiny", "golden/tok_vae_tiny", "golden/gen_vit_tiny"
+
+
+def hub_cache(cache: Path, repo_id: str, folder: Path, files: tuple[str, ...]) -> Path:
+    """Lay out `files` of `folder` as huggingface_hub's cache holds `repo_id` at `main`.
+
+    The commit hash is the SHA-1 of the repo id (stable across runs); blobs are named by
+    their SHA-256 and each snapshot entry is a relative symlink to its blob.
+    """
+    repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    snapshot = repo_dir / "snapshots" / commit
+    for sub in (repo_dir / "refs", repo_dir / "blobs", snapshot):
+        sub.mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    for name in files:
+        data = (folder / name).read_bytes()
+        blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / name).symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    return snapshot
+
+
+def broken_folder(dest: Path, photos: Path) -> None:
+    """Odd inputs an encoder meets in real folders, each made from the shared photos."""
+    dest.mkdir(parents=True)
+    shutil.copy(photos / "chelsea.png", dest / "chelsea.png")  # one good photo
+    (dest / "empty.jpg").write_bytes(b"")
+    (dest / "notes.png").write_text("shopping list: milk, eggs\n")
+    rocket = (photos / "rocket.jpg").read_bytes()
+    (dest / "truncated.jpg").write_bytes(rocket[: len(rocket) // 2])
+    with Image.open(photos / "camera.png") as camera:  # 8-bit grayscale -> the same picture in 16 bits
+        import numpy as np
+
+        wide = np.asarray(camera.convert("L"), dtype=np.uint16) * 257
+        Image.fromarray(wide).save(dest / "camera16.png")  # mode I;16
+    with Image.open(photos / "coffee.png") as coffee:
+        coffee.convert("RGB").convert("CMYK").save(dest / "cmyk.jpg", quality=90)
+
+
+def build(out: Path, shared: Path) -> dict[str, Path]:
+    """The demo folder: hf-cache/, images/, broken/, and examples/ (a link to this repo's)."""
+    if out.exists():
+        if not (out / MARKER).is_file() and any(out.iterdir()):
+            raise SystemExit(f"{out} exists and was not made by this script; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / MARKER).write_text("made by examples/make_demo.py; deleted and rebuilt by each run\n")
+    snapshots = {}
+    for case in CASES:
+        snapshots[case] = hub_cache(out / "hf-cache", f"golden/{case}", shared / "golden" / case,
+                                    ("config.json", "model.safetensors"))  # fmt: skip
+    shutil.copytree(shared / "images", out / "images")
+    broken_folder(out / "broken", shared / "images")
+    (out / "examples").symlink_to(ROOT / "examples")
+    return snapshots
+
+
+def run(command: str, cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+    """One shell command; `titok` means `python -m titok_cli` of this checkout."""
+    argv = shlex.split(command)
+    if argv[0] == "titok":
+        argv = [sys.executable, "-m", "titok_cli", *argv[1:]]
+    elif argv[0] == "python":
+        argv[0] = sys.executable
+    proc = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
+    return proc.returncode, proc.stdout.decode("utf-8", "replace")
+
+
+def last_json_item(text: str) -> str:
+    """A long JSON list shown as its last element, as the README does."""
+    items = json.loads(text)
+    body = json.dumps(items[-1], indent=2)
+    return "[\n  ...\n" + "\n".join("  " + line for line in body.splitlines()) + "\n]\n"
+
+
+def sections(snapshots: dict[str, Path], skip_slow: bool) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(heading, [(command, note)]) in README order; a note follows the command as `# note`."""
+    gen_snapshot = snapshots["gen_vit_tiny"].relative_to(snapshots["gen_vit_tiny"].parents[3])
+    bench = [
+        (f"titok bench --model {TOK} --generator {GEN} --device cpu", ""),
+        (f"titok bench --model {TOK} --task encode --task decode --dtype bfloat16 --agreement images --device cpu", ""),
+        (f"titok bench --model {TOK} --task encode --device cpu --json", ""),
+    ]
+    if not skip_slow:
+        bench.insert(2, ("titok bench --resolution 512 --task encode --task decode -b 1 --iters 1 --warmup 0 "
+                         "--device cpu", ""))  # fmt: skip
+    return [
+        ("Help", [("titok --help", ""), ("titok encode --help", "")]),
+        ("titok models", [("titok models", ""), ("titok models --json", "the last entry")]),
+        ("titok download", [
+            (f"titok download {TOK} {GEN}", ""),
+            ("titok download", "offline, and titok-l32 is not in the cache"),
+            ("titok download titok-l64-512", ""),
+        ]),
+        ("titok encode", [
+            (f"titok encode examples/images -o out/tokens.npy --model {TOK}", ""),
+            (f"titok encode broken -o out/broken.npz --model {TOK}", ""),
+            (f"titok encode broken -o out/strict.npz --model {TOK} --strict", "nothing written"),
+            (f"titok encode examples/images -o out/latents.npz --model {VAE} --json", ""),
+            ("python -c \"import numpy as np; t = np.load('out/tokens.npy'); print(t.dtype, t.shape); print(t)\"", ""),
+            ("cat {manifest:out/broken.npz}", ""),
+        ]),
+        ("titok decode", [
+            ("titok decode out/tokens.npy -o out/decoded --grid out/sheet.png", ""),
+            ("ls out/decoded", ""),
+            (f"titok decode out/tokens.npy -o out/wrong --model {VAE}", ""),
+        ]),
+        ("titok sample", [
+            (f"titok sample --class 3 -c 7 -n 4 -o samples --grid samples/grid.png --save-tokens samples/tokens.npy "
+             f"--model {GEN} --tokenizer {TOK}", ""),
+            ("ls samples", ""),
+            (f'titok sample --class "golden retriever" --model {GEN} --tokenizer {TOK}', ""),
+            (f"titok sample --all-classes -n 5 --npz fid.npz --model {GEN} --tokenizer {TOK}", ""),
+        ]),  # fmt: skip
+        ("titok bench", bench),
+        ("titok info", [
+            ("titok info out/tokens.npy", ""),
+            ("titok info out/broken.npz", ""),
+            ("titok info samples/tokens.npy", ""),
+            (f"titok info {GEN}", "a Hub repo id: its snapshot in the local cache"),
+            ("titok info titok-l32-gen", "a registry name whose weights are not cached"),
+            (f"titok info {gen_snapshot}/model.safetensors --json", ""),
+            ("titok info broken/notes.png", ""),
+        ]),
+        ("Example scripts", [
+            (f"python examples/roundtrip.py examples/images/chelsea.png --model {TOK} -o out/roundtrip.png", ""),
+            (f"python examples/encode_folder.py examples/images -o out/folder.npz --model {TOK}", ""),
+            (f"python examples/sample_class.py --class 3 -n 4 --model {GEN} --tokenizer {TOK} -o out/samples.png", ""),
+        ]),
+    ]  # fmt: skip
+
+
+def manifest_of(token_file: str, cwd: Path) -> str:
+    """The manifest beside a token file, whichever name this version writes."""
+    base = Path(token_file)
+    for candidate in (Path(f"{base}.manifest.jsonl"), base.with_name(base.stem + ".manifest.jsonl")):
+        if (cwd / candidate).is_file():
+            return str(candidate)
+    return str(base.with_name(base.stem + ".manifest.jsonl"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("/tmp/demo"), help="demo folder (rebuilt on every run)")
+    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared", help="folder holding golden/ and images/")
+    parser.add_argument("--transcripts", type=Path, default=ROOT / "examples" / "transcripts.md")
+    parser.add_argument("--columns", type=int, default=80, help="terminal width the commands see")
+    parser.add_argument("--skip-slow", action="store_true", help="leave out the 512x512 random-weights benchmark")
+    args = parser.parse_args()
+
+    out = args.out.resolve()
+    snapshots = build(out, args.shared.resolve())
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "TITOK_DEBUG", "NO_COLOR", "FORCE_COLOR")}
+    env.update(HF_HUB_CACHE=str(out / "hf-cache"), HF_HUB_OFFLINE="1", COLUMNS=str(args.columns),
+               PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))  # fmt: skip
+
+    doc = io.StringIO()
+    doc.write("<!-- made by examples/make_demo.py; rerun it instead of editing this file -->\n")
+    doc.write(f"Demo folder `{out}`: Hugging Face cache `hf-cache/` (`HF_HUB_CACHE={out}/hf-cache "
+              f"HF_HUB_OFFLINE=1`) holding the golden tiny checkpoints as `golden/<case>`, `images/` "
+              f"(the photos of ../shared/images), `broken/` (odd files), `examples/` (this repo's); "
+              f"COLUMNS={args.columns}.\n")  # fmt: skip
+    for heading, commands in sections(snapshots, args.skip_slow):
+        doc.write(f"\n### {heading}\n\n```\n")
+        for i, (command, note) in enumerate(commands):
+            if command.startswith("cat {manifest:"):
+                command = "cat " + manifest_of(command[len("cat {manifest:") : -1], out)
+            code, text = run(command, out, env)
+            if note == "the last entry" and code == 0:
+                text = last_json_item(text)
+            notes = [n for n in (note, f"exit code {code}" if code else "") if n]
+            doc.write(("\n" if i else "") + f"$ {command}" + (f"   # {'; '.join(notes)}" if notes else "") + "\n")
+            lines = [line.rstrip() for line in text.splitlines()]  # rich pads help pages to the width
+            while lines and not lines[-1]:
+                lines.pop()
+            doc.write("".join(line + "\n" for line in lines))
+            print(f"[{code}] {command}", file=sys.stderr)
+        doc.write("```\n")
+    args.transcripts.parent.mkdir(parents=True, exist_ok=True)
+    args.transcripts.write_text(doc.getvalue(), encoding="utf-8")
+    print(f"transcripts -> {args.transcripts}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""`--help` of every command at 80 columns: no raw Typer markers, one long spelling per option,
+the same defaults for shared options, and working shell completion."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from titok_cli.cli.app import app
+
+COMMANDS = ("models", "download", "encode", "decode", "sample", "bench", "info")
+# What Typer prints when a parameter has no clean metavar: `<bool>`, `<list[str]>`, `<int range>`,
+# `<path>`, `[x>=1]` ranges, and `{INPUT}` for a required argument in the usage line.
+RAW_MARKERS = re.compile(r"<[a-z][\w\[\], |.]*>|\[x?[<>]=|<=x|\{[A-Z_]+\}")
+
+
+def help_text(*args: str) -> str:
+    result = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def command_params(name: str | None) -> list:
+    group = typer.main.get_command(app)
+    cmd = group if name is None else group.commands[name]  # type: ignore[attr-defined]
+    return [p for p in cmd.params if getattr(p, "param_type_name", "") == "option"]
+
+
+def test_the_marker_pattern_catches_what_typer_prints_by_default():
+    plain = typer.Typer()
+
+    @plain.command()
+    def f(items: list[str], flag: bool = False, n: int = typer.Option(1, min=1)) -> None:  # noqa: B008
+        pass
+
+    raw = CliRunner().invoke(plain, ["--help"], env={"COLUMNS": "80"}).stdout
+    assert RAW_MARKERS.search(raw), raw  # so the assertions below can fail
+
+
+@pytest.mark.parametrize("name", (None,) + COMMANDS)
+def test_help_has_no_raw_markers_and_fits_80_columns(name):
+    text = help_text(*([name] if name else []))
+    found = RAW_MARKERS.findall(text)
+    assert not found, f"raw markers {found} in:\n{text}"
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "Usage: titok" in text
+
+
+@pytest.mark.parametrize("name", (None,) + COMMANDS)
+def test_each_option_has_one_long_spelling(name):
+    for param in command_params(name):
+        longs = [o for o in param.opts if o.startswith("--")]
+        shorts = [o for o in param.opts if not o.startswith("--")]
+        assert len(longs) == 1, f"{name} {param.opts}: more than one long name"
+        assert len(shorts) <= 1, f"{name} {param.opts}: more than one short name"
+        assert len(param.secondary_opts) <= 1  # --annealing/--no-annealing is one option
+
+
+def test_short_names_mean_the_same_everywhere():
+    meaning: dict[str, set[str]] = {}
+    for name in COMMANDS:
+        for param in command_params(name):
+            for short in (o for o in param.opts if not o.startswith("--")):
+                meaning.setdefault(short, set()).add(next(o for o in param.opts if o.startswith("--")))
+    ambiguous = {s: longs for s, longs in meaning.items() if len(longs) > 1}
+    assert not ambiguous, ambiguous
+
+
+def test_shared_options_have_one_default():
+    defaults: dict[str, set] = {}
+    for name in COMMANDS:
+        for param in command_params(name):
+            if param.opts[0] in ("--batch-size", "--device", "--dtype"):
+                defaults.setdefault(param.opts[0], set()).add(param.default)
+    assert defaults["--batch-size"] == {16}
+    assert defaults["--device"] == {"auto"} and defaults["--dtype"] == {"float32"}
+
+
+def test_workers_default_follows_the_cpus():
+    (workers,) = [p for p in command_params("encode") if "--workers" in p.opts]
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert workers.default == min(4, cpus)
+    flat = " ".join(re.sub("[│╭╮╰╯─]", " ", help_text("encode")).split())
+    assert "[default: min(4, CPUs)]" in flat
+
+
+def test_dropped_alias_is_refused():
+    result = CliRunner().invoke(app, ["sample", "--n-per-class", "2", "-c", "1"])
+    assert result.exit_code == 2
+
+
+def test_completion_is_installed_and_completes_commands_and_options():
+    root = help_text()
+    assert "--install-completion" in root and "--show-completion" in root
+    env = {**os.environ, "_TITOK_COMPLETE": "complete_bash", "COMP_WORDS": "titok enc", "COMP_CWORD": "1"}
+    code = "from titok_cli.cli.app import app; app(prog_name='titok')"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["encode"], out
+    env.update(COMP_WORDS="titok encode --wor", COMP_CWORD="2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["--workers"], out
+    script = CliRunner().invoke(app, ["--show-completion", "bash"])
+    assert script.exit_code == 0 and "_TITOK_COMPLETE" in script.stdout
