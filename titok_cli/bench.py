@@ -89,7 +89,9 @@ def _load_folder(folder: str | os.PathLike[str], size: int) -> torch.Tensor:
     return to_tensor([load_image(path, size) for path, _ in files])
 
 
-def _check(tasks: Sequence[str] | None, batch_size: int | None, warmup: int, iters: int, seconds: float | None):
+def _check(
+    tasks: Sequence[str] | None, batch_size: int | None, warmup: int, iters: int, seconds: float | None
+) -> tuple[str, ...]:
     chosen = tuple(tasks) if tasks is not None else DEFAULT_TASKS
     unknown = [t for t in chosen if t not in TASKS]
     if unknown or not chosen:
