@@ -26,6 +26,7 @@ import platform
 import re
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,10 +34,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from titok_cli.bench import (  # noqa: E402
-    build_models, cpu_model, gemm_backends, matmul_peaks, precision_agreement, run_benchmark, tune_cpu_allocator,
-)
+from titok_cli.allocator import tune_cpu_allocator  # noqa: E402
+from titok_cli.bench import run_benchmark  # noqa: E402
+from titok_cli.bench_models import BenchModels, build_models  # noqa: E402
 from titok_cli.devices import parse_dtype  # noqa: E402
+from titok_cli.metrics import precision_agreement  # noqa: E402
+from titok_cli.perf import cpu_model, gemm_backends, matmul_peaks  # noqa: E402
 
 IMAGES = ROOT.parent / "shared" / "images"
 
@@ -157,7 +160,7 @@ class Recorder:
 
 
 def fastest_gemm(device: torch.device, dtype: torch.dtype, n: int) -> tuple[str, object]:
-    """The GEMM route that set this process's peak (see titok_cli.bench.gemm_backends)."""
+    """The GEMM route that set this process's peak (see titok_cli.perf.gemm_backends)."""
     fns = gemm_backends(device, dtype, n)
     name = PEAK_ROUTE.get(str(dtype).removeprefix("torch."), "aten_mm")
     return (name, fns[name]) if name in fns else ("aten_mm", fns["aten_mm"])
@@ -279,7 +282,7 @@ def headline(rec: "Recorder", device: torch.device, preset: str, batch: int, tas
              iters: int, warmup: int, peaks: dict, cpu_peaks: dict) -> None:
     """One configuration in every dtype from the same float32 weights, rows marked "headline"."""
     try:
-        tok32, gen32, info = build_models(model=preset)
+        m32 = build_models(model=preset)
     except Exception as exc:  # noqa: BLE001 - record and go on
         rec.data["errors"].append({"model": preset, "phase": "headline", "error": repr(exc)[:500]})
         rec.save()
@@ -288,7 +291,7 @@ def headline(rec: "Recorder", device: torch.device, preset: str, batch: int, tas
         t0 = time.time()
         try:
             r = run_benchmark(model=preset, device=str(device), dtype=dtype, batch_size=batch, warmup=warmup,
-                              iters=iters, tasks=tasks, _models=(copy.deepcopy(tok32), copy.deepcopy(gen32), info))  # fmt: skip
+                              iters=iters, tasks=tasks, models=fresh_copy(m32)).to_dict()
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory
             rec.data["errors"].append({"model": preset, "dtype": dtype, "batch": batch, "phase": "headline",
                                        "error": repr(exc)[:500]})  # fmt: skip
@@ -299,6 +302,11 @@ def headline(rec: "Recorder", device: torch.device, preset: str, batch: int, tas
                 torch.cuda.empty_cache()
         r.update(model=preset, phase="headline", seconds=round(time.time() - t0, 1), load_average=load_avg())
         rec.add_run(r, peaks, cpu_peaks)
+
+
+def fresh_copy(models: BenchModels) -> BenchModels:
+    """The same float32 weights for another run (run_benchmark converts the models in place)."""
+    return replace(models, tokenizer=copy.deepcopy(models.tokenizer), generator=copy.deepcopy(models.generator))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -391,14 +399,14 @@ def main(argv: list[str] | None = None) -> int:
 
     for preset in presets:
         try:
-            tok32, gen32, info = build_models(model=preset)
+            m32 = build_models(model=preset)
         except Exception as exc:  # noqa: BLE001 - record and go on
             rec.data["errors"].append({"model": preset, "error": repr(exc)})
             rec.save()
             continue
         for dtype in dtypes:
-            tok, gen = (tok32, gen32) if dtype == "float32" else (copy.deepcopy(tok32), copy.deepcopy(gen32))
-            models = (tok, gen, info)
+            models = m32 if dtype == "float32" else fresh_copy(m32)
+            tok, gen = models.tokenizer, models.generator
             jobs = [(b, ("encode", "decode")) for b in batches]
             jobs += [(b, ("sample",)) for b in plan["sample_batches"].get(preset, [])]
             jobs += [(b, ("generate",)) for b in plan["generate_batches"].get(preset, [])]
@@ -411,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     r = run_benchmark(model=preset, device=str(device), dtype=dtype, batch_size=batch,
                                       warmup=0 if heavy else warmup, iters=1 if heavy else iters,
-                                      tasks=tasks, _models=models)  # fmt: skip
+                                      tasks=tasks, models=models).to_dict()  # fmt: skip
                 except Exception as exc:  # noqa: BLE001 - e.g. out of memory at a large batch
                     rec.data["errors"].append({"model": preset, "dtype": dtype, "batch": batch, "tasks": tasks,
                                                "error": repr(exc)[:500]})  # fmt: skip
@@ -426,15 +434,15 @@ def main(argv: list[str] | None = None) -> int:
                 rec.add_run(r, peaks, cpu_peaks)
             if dtype != "float32":
                 try:
-                    ag = agreement(tok32, tok, device, chunk=8)
+                    ag = agreement(m32.tokenizer, tok, device, chunk=8)
                 except Exception as exc:  # noqa: BLE001
                     ag = {"error": repr(exc)[:500]}
-                rec.data["agreement"].append({"model": preset, "dtype": dtype, "weights": info["weights"], **ag})
+                rec.data["agreement"].append({"model": preset, "dtype": dtype, "weights": m32.weights, **ag})
                 rec.save()
                 print(json.dumps(rec.data["agreement"][-1]), flush=True)
-                del tok, gen
+                del tok, gen, models
                 gc.collect()
-        del tok32, gen32
+        del m32
         gc.collect()
         if gpu:
             torch.cuda.empty_cache()
@@ -446,9 +454,9 @@ def main(argv: list[str] | None = None) -> int:
             for dtype in dtypes[:2]:
                 t0 = time.time()
                 try:
-                    tok, gen, info = build_models(model=preset, with_generator="sample" in tasks)
+                    models = build_models(model=preset, with_generator="sample" in tasks)
                     r = run_benchmark(model=preset, device=str(device), dtype=dtype, batch_size=batch, compile=True,
-                                      warmup=2, iters=iters, tasks=tasks, _models=(tok, gen, info))  # fmt: skip
+                                      warmup=2, iters=iters, tasks=tasks, models=models).to_dict()  # fmt: skip
                 except Exception as exc:  # noqa: BLE001 - compile may be unavailable (no compiler, ...)
                     rec.data["errors"].append({"model": preset, "dtype": dtype, "compile": True,
                                                "error": repr(exc)[:500]})  # fmt: skip
@@ -458,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
                 r["seconds"] = round(time.time() - t0, 1)
                 r["load_average"] = load_avg()
                 rec.add_run(r, peaks, cpu_peaks)
-                del tok, gen
+                del models
                 gc.collect()
 
     return rec.finish(started)

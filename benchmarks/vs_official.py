@@ -53,15 +53,15 @@ ISSUE_FIGURES = {
 
 
 def gemm_check() -> dict[str, float]:
-    from titok_cli.bench import matmul_peaks
+    from titok_cli.perf import matmul_peaks
 
     return {k: round(v, 1) for k, v in matmul_peaks("cpu", torch.float32, seconds=0.5).items()}
 
 
 def timed(fn, batch: int, iters: int) -> dict:
-    from titok_cli.bench import _time  # the timing loop of run_benchmark: one warm-up, then `iters` calls
+    from titok_cli.perf import time_calls  # the timing loop of run_benchmark: one warm-up, then `iters` calls
 
-    times, _ = _time(fn, torch.device("cpu"), warmup=1, iters=iters)
+    times = time_calls(fn, torch.device("cpu"), warmup=1, iters=iters).wall
     return {"images_per_s": batch / statistics.median(times), "seconds": [round(t, 3) for t in times]}
 
 
@@ -123,11 +123,13 @@ def child(args: argparse.Namespace) -> dict:
         with torch.no_grad():
             result = timed(fn, batch, args.iters)
     else:
-        from titok_cli.bench import build_models, tune_cpu_allocator
+        from titok_cli.allocator import tune_cpu_allocator
+        from titok_cli.bench_models import build_models
 
         tune_cpu_allocator()
         torch.manual_seed(0)
-        tok, gen, _ = build_models(model=preset, with_generator=task == "generate")
+        models = build_models(model=preset, with_generator=task == "generate")
+        tok, gen = models.tokenizer, models.generator
         x = inputs(preset, task, batch, int(tok.codebook_size or 0), tok.num_tokens)
         if task == "encode":
             fn = lambda: tok.encode(x)  # noqa: E731

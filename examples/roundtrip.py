@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 import titok_cli
+from titok_cli.metrics import psnr
 from titok_cli.preprocess import load_image, to_tensor
 
 
@@ -29,11 +30,9 @@ def main() -> None:
     pixels = titok_cli.to_uint8(tok.decode(tokens))[0].cpu().numpy()  # uint8 [S, S, 3]
 
     original = np.asarray(crop, dtype=np.uint8)
-    mse = np.mean((original.astype(np.float64) - pixels.astype(np.float64)) ** 2)
-    psnr = 10 * np.log10(255.0**2 / mse) if mse > 0 else float("inf")
     Image.fromarray(np.concatenate([original, pixels], axis=1)).save(args.output)
     kind = f"{tok.config.token_size}x{tok.num_tokens} latents" if tok.is_vae else f"{tok.num_tokens} tokens"
-    print(f"{args.image}: {kind}, PSNR {psnr:.2f} dB -> {args.output}")
+    print(f"{args.image}: {kind}, PSNR {psnr(original, pixels, data_range=255):.2f} dB -> {args.output}")
     if not tok.is_vae:
         print("tokens:", tokens[0].tolist())
 

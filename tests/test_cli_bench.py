@@ -12,6 +12,11 @@ from titok_cli.cli.app import app
 FAST = ("--device", "cpu", "-b", "2", "--warmup", "0", "--iters", "1", "--no-peak")
 
 
+def flat(text: str) -> str:
+    """Typer's usage errors come in a box, wrapped: one line without the frame."""
+    return " ".join(text.replace("│", " ").split())
+
+
 def run(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
@@ -25,13 +30,55 @@ def test_table_on_tiny_golden_models(golden):
     result = run("bench", "--model", golden / "tok_vq_legacy_tiny", "--generator", golden / "gen_vit_tiny", *FAST)
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert "images/s" in out and "tokens/s" in out and "peak memory" in out
+    assert "images/s" in out and "tokens/s" in out and "peak MB" in out
     for task in ("encode", "decode", "sample"):
-        row = next(line for line in out.splitlines() if f" {task} " in line)
+        row = next(line for line in out.splitlines() if line.startswith(f"{task} "))
         assert any(ch.isdigit() for ch in row)
     assert "64x64 pixels, batch 2, float32 on cpu" in out and "pretrained weights" in out
     assert "RANDOM" not in out
-    assert "not the requested" not in result.stderr  # --model without --resolution: the model's own size
+    assert "comes from the model" not in result.stderr  # --model without --resolution: the model's own size
+
+
+def test_header_and_a_line_per_task_come_while_it_runs(golden, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    result = run("bench", "--model", golden / "tok_vq_legacy_tiny", "--task", "encode", "--task", "decode", *FAST)
+    assert result.exit_code == 0, result.output
+    err = result.stderr.splitlines()
+    header = next(i for i, line in enumerate(err) if line.startswith("bench "))
+    assert "threads (OMP_NUM_THREADS=1)" in err[header] and "warm-up" in err[header]
+    plans = [i for i, line in enumerate(err) if "first call" in line]
+    assert len(plans) == 2 and header < plans[0]  # the header first, then each task's plan
+    assert [err[i].split(":")[0] for i in plans] == ["encode", "decode"]
+    assert any(line.startswith("encode: ") and "images/s" in line for line in err)
+    assert "threads" in result.stdout  # the table's header says which threads were used
+
+
+def test_spread_is_in_the_table_and_the_json(golden):
+    args = ("bench", "--model", golden / "tok_vq_legacy_tiny", "--task", "encode", "--device", "cpu", "-b", "1",
+            "--warmup", "0", "--iters", "3", "--seconds", "1000", "--no-peak")  # fmt: skip
+    table = run(*args)
+    assert table.exit_code == 0, table.output
+    assert "ms/batch" in table.stdout and "min-max ms" in table.stdout
+    row = next(line for line in table.stdout.splitlines() if line.startswith("encode "))
+    low, high = (float(v.replace(",", "")) for v in row.split()[4].split("-"))
+    assert low <= float(row.split()[3].replace(",", "")) <= high and row.split()[5] == "3"
+    data = json.loads(run(*args, "--json").stdout)["encode"]
+    assert data["calls"] == 3 and data["latency_ms_min"] <= data["latency_ms"] <= data["latency_ms_max"]
+    assert sorted(data["latency_ms_all"]) == [data["latency_ms_min"], data["latency_ms"], data["latency_ms_max"]]
+
+
+def test_resolution_of_the_model_wins_and_says_so(golden):
+    result = run("bench", "--model", golden / "tok_vq_legacy_tiny", "--resolution", "512", "--task", "encode", *FAST)
+    assert result.exit_code == 0, result.output
+    assert "64x64 pixels" in result.stdout
+    assert "works at 64x64: the resolution comes from the model, not the requested 512" in result.stderr
+
+
+def test_sample_without_generator_is_a_usage_error(golden):
+    result = run("bench", "--model", golden / "tok_vq_legacy_tiny", "--task", "sample", *FAST)
+    assert result.exit_code == 2
+    assert "needs a generator" in result.stderr and "--generator" in result.stderr
+    assert "images/s" not in result.stdout  # no empty table
 
 
 @pytest.mark.slow
@@ -52,7 +99,7 @@ def test_gemm_peak_and_half_precision_agreement_on_real_photos(golden, images_di
     table = run("bench", "--model", golden / "tok_vq_legacy_tiny", "--task", "encode", "--dtype", "bfloat16",
                 "--agreement", images_dir, *FAST[:-1])  # fmt: skip
     assert table.exit_code == 0, table.output
-    assert "of GEMM peak" in table.stdout and "GEMM peak" in table.stdout
+    assert "of peak" in table.stdout and "GEMM peak" in table.stdout
     assert "bfloat16 against float32 on" in table.stdout and "token agreement" in table.stdout
 
 
@@ -67,6 +114,7 @@ def test_json_is_valid(golden):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["weights"] == "pretrained" and data["device"] == "cpu" and data["resolution"] == 64
+    assert data["notes"] == [] and data["threads"] >= 1 and "omp_num_threads" in data
     for task in ("encode", "decode"):
         assert data[task]["images_per_s"] > 0 and data[task]["tokens_per_s"] > 0 and data[task]["latency_ms"] > 0
     assert data.get("sample") is None
@@ -81,10 +129,13 @@ def test_random_weights_are_announced(hub_cache):
     assert result.exit_code == 0, result.output
     assert "RANDOM WEIGHTS" in result.stdout and "random weights" in result.stdout
     assert "not in the local Hugging Face cache" in result.stderr
+    assert "random weights: speed is representative" not in result.stderr  # the table says it once
 
 
 def test_bad_flags(golden):
     bad = run("bench", "--resolution", "300")
-    assert bad.exit_code == 2 and "256 or 512" in bad.stderr
+    assert bad.exit_code == 2 and "'256', '512'" in flat(bad.stderr)
     task = run("bench", "--task", "train", "--model", golden / "tok_vq_tiny")
-    assert task.exit_code == 2 and "encode, decode, sample, generate" in task.stderr
+    assert task.exit_code == 2 and "'encode', 'decode', 'sample', 'generate'" in flat(task.stderr)
+    budget = run("bench", "--seconds", "0", "--model", golden / "tok_vq_tiny")
+    assert budget.exit_code == 2 and "--seconds" in flat(budget.stderr)
