@@ -337,70 +337,7 @@ def device_and_dtype(device: str, dtype: str) -> tuple["torch.device", "torch.dt
     return pick_device(device), parse_dtype(dtype)
 
 
-# -- writing images --------------------------------------------------------------------------
-
-
-def atomic_write(path: Path, write: Callable[[Any], None], suffix: str = ".tmp") -> None:
-    """Call write(binary file) on a temporary file beside `path`, then rename it into place."""
-    from titok_cli.token_file import atomic_path
-
-    with atomic_path(path, suffix, durable=False) as tmp, open(tmp, "wb") as fh:
-        write(fh)
-
-
-def save_png(array: "np.ndarray", path: Path) -> None:
-    """uint8 [H,W,3] -> PNG at `path`, written atomically."""
-    from PIL import Image
-
-    image = Image.fromarray(array, mode="RGB") if array.ndim == 3 else Image.fromarray(array)
-    atomic_write(path, lambda fh: image.save(fh, format="PNG"))
-
-
-class PngWriter:
-    """Write PNGs on background threads while the model works on the next batch.
-
-    PNG compression releases the GIL, so a couple of threads keep up with the device. At most
-    `max_pending` images wait in memory; the first failed write is raised on exit.
-    """
-
-    def __init__(self, threads: int = 2, max_pending: int = 64) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="png")
-        self._pending: list[Any] = []
-        self._max = max_pending
-
-    def submit(self, array: "np.ndarray", path: Path) -> None:
-        self._pending.append(self._pool.submit(save_png, array.copy(), path))
-        while len(self._pending) > self._max:
-            self._pending.pop(0).result()
-
-    def __enter__(self) -> "PngWriter":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        try:
-            for future in self._pending:
-                future.result()
-        finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def contact_sheet(images: "np.ndarray", columns: int | None = None, gap: int = 2) -> "np.ndarray":
-    """uint8 [N,H,W,3] -> one uint8 image, a near-square grid with `gap`-pixel white borders."""
-    import math
-
-    import numpy as np
-
-    n, h, w, c = images.shape
-    cols = columns or max(1, math.ceil(math.sqrt(n)))
-    rows = max(1, math.ceil(n / cols))
-    sheet = np.full((rows * h + (rows + 1) * gap, cols * w + (cols + 1) * gap, c), 255, dtype=np.uint8)
-    for i in range(n):
-        r, q = divmod(i, cols)
-        top, left = gap + r * (h + gap), gap + q * (w + gap)
-        sheet[top : top + h, left : left + w] = images[i]
-    return sheet
+# -- output names ----------------------------------------------------------------------------
 
 
 def check_output_file(path: Path, suffixes: tuple[str, ...], what: str) -> None:

@@ -15,12 +15,10 @@ from .common import (
     JsonOpt,
     QuietOpt,
     check_output_file,
-    contact_sheet,
     device_and_dtype,
     plural,
     print_json,
     progress_bar,
-    save_png,
     say,
     usage_error,
     warn,
@@ -83,6 +81,8 @@ def decode(
         result = decode_to_pngs(tf, tok, output, batch_size=batch_size, progress=update,
                                 keep=min(n, GRID_LIMIT) if grid is not None else 0)  # fmt: skip
     if grid is not None and result.sheet is not None:
+        from titok_cli.png import contact_sheet, save_png
+
         save_png(contact_sheet(result.sheet), grid)
     if json_output:
         print_json({"input": str(tokens), "model": described, "count": len(result.images), "output": str(output),
