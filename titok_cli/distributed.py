@@ -10,6 +10,8 @@ import os
 
 import torch
 
+from . import runtime
+
 
 def dist_info() -> tuple[int, int]:
     """(rank, world size) from torchrun's environment, initializing the process group once."""
@@ -19,7 +21,7 @@ def dist_info() -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        backend = os.environ.get("TITOK_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+        backend = runtime.dist_backend() or ("nccl" if torch.cuda.is_available() else "gloo")
         if backend == "nccl":  # bind this rank to its GPU before NCCL picks one for barriers
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         dist.init_process_group(backend=backend)
@@ -40,5 +42,3 @@ def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
 
-
-_barrier = barrier  # the name sample_job imported before this module existed

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .distributed import barrier, dist_info, rank_device  # noqa: F401  (rank_device: re-exported)
+from . import runtime
+from .distributed import barrier, dist_info
 from .errors import ImageError, TitokError
 from .inputs import CropStream, count_inputs, has_inputs, inputs_changed_since, rank_items_before
 from .outputs import OutputExistsError, check_output
@@ -37,7 +38,6 @@ from .token_file import load_tokens, manifest_path, model_header, token_dtype
 from .token_writers import row_writer
 
 Progress = Callable[[int, "int | None"], None]
-COMMIT_SECONDS = float(os.environ.get("TITOK_COMMIT_SECONDS", "2.0"))  # how much work a crash may lose
 SCRATCH_FILES = ("tokens.bin", "rows.jsonl", "failures.jsonl")
 
 
@@ -252,7 +252,7 @@ def _encode_rank(scratch: Scratch, tokenizer: Any, job: _RankJob) -> None:
         if len(pending) >= batch_size:
             flush()
             next_index = i + 1
-            if time.monotonic() - last_commit >= COMMIT_SECONDS:
+            if time.monotonic() - last_commit >= runtime.commit_seconds():
                 scratch.commit(next_index, rows)
                 last_commit = time.monotonic()
         elif not pending:

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .distributed import _barrier, dist_info
+from .distributed import barrier, dist_info
 from .errors import TitokError
 from .pairing import check_pair
 from .sample_images import Progress, SamplePlan, render_batch
@@ -75,7 +75,7 @@ def sample_to_npz(
     if rank == 0 and not job_file.exists():
         with atomic_path(job_file) as tmp:
             tmp.write_text(json.dumps(job, sort_keys=True))
-    _barrier()
+    barrier()
     if json.loads(job_file.read_text()) != json.loads(json.dumps(job, sort_keys=True)):
         raise TitokError(
             f"{partial} belongs to an unfinished run with other settings; rerun that command or delete the folder"
@@ -92,11 +92,11 @@ def sample_to_npz(
                 np.save(fh, images, allow_pickle=False)
         if progress is not None and rank == 0:
             progress(done, len(mine))
-    _barrier()
+    barrier()
     if rank == 0:
         _assemble(partial, output, n_batches, labels)
         shutil.rmtree(partial, ignore_errors=True)
-    _barrier()
+    barrier()
     return SampleResult(output=output, count=len(labels), batches_done_before=before)
 
 
