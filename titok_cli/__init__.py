@@ -42,7 +42,7 @@ _LAZY = {
     "SamplingParams": "sampling",
     "center_crop": "preprocess",
     "load_tokens": "token_file",
-    "save_tokens": "token_file",
+    "save_tokens": "token_writers",
     "TokenFile": "token_file",
     "encode_files": "encode_job",
     "EncodeSettings": "encode_job",

@@ -128,7 +128,8 @@ def run_sample(request: SampleRequest, progress: Progress | None = None) -> Samp
 def _save_tokens(path: os.PathLike, tokens, gen, tok, plan: SamplePlan, params: SamplingParams, names) -> None:
     """A regular token file with its manifest, so `titok decode` finds the tokenizer by itself."""
     from . import __version__
-    from .token_file import model_header, save_tokens, token_dtype
+    from .token_file import model_header, token_dtype
+    from .token_writers import save_tokens
 
     generator = gen.source.describe()
     generator.pop("weights", None)

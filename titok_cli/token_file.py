@@ -18,7 +18,6 @@ belongs to the file. Reading never unpickles anything. Writing lives in `token_w
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import tempfile
@@ -129,20 +128,6 @@ def manifest_row(row: int, path: str, label: int | None = None) -> str:
 def manifest_failure(path: str, reason: str) -> str:
     """One manifest line per input that could not be encoded."""
     return json.dumps({"failed": path, "reason": reason}) + "\n"
-
-
-def save_tokens(
-    path: str | os.PathLike,
-    tokens: np.ndarray,
-    header: dict[str, Any],
-    names: Sequence[str],
-    labels: Sequence[int] | None = None,
-    failures: Sequence[tuple[str, str]] = (),
-) -> tuple[Path, Path]:
-    """Write tokens (.npy, .npz or .tar) and their manifest, each atomically. Returns both paths."""
-    from .token_writers import write_array
-
-    return write_array(path, tokens, header, names, labels, failures)
 
 
 def array_sha256(tokens: np.ndarray) -> str:
@@ -324,7 +309,7 @@ def load_tokens(path: str | os.PathLike, *, as_stored: bool = False) -> TokenFil
 
 def model_header(tokenizer: Any) -> dict[str, Any]:
     """The manifest's description of a tokenizer: where it came from and its token shape."""
-    src = getattr(tokenizer, "source", None)
+    src = tokenizer.source
     cfg = tokenizer.config
     out = src.describe() if src is not None else {"name": None, "repo": None, "revision": None, "local_path": None}
     out.pop("weights", None)

@@ -103,7 +103,7 @@ def row_writer(
                 mfh.write(manifest_failure(name, reason))
 
 
-def write_array(
+def save_tokens(
     path: str | os.PathLike,
     tokens: np.ndarray,
     header: dict[str, Any],
@@ -111,7 +111,7 @@ def write_array(
     labels: Sequence[int] | None = None,
     failures: Sequence[tuple[str, str]] = (),
 ) -> tuple[Path, Path]:
-    """An in-memory array [N,...] as a token file with its manifest. Returns (file, manifest)."""
+    """Write tokens [N, ...] (.npy, .npz or .tar) and their manifest, each atomically. Returns both paths."""
     path = Path(path)
     if path.suffix not in TOKEN_SUFFIXES:
         raise TokenFileError(f"{path}: output must end in .npy, .npz or .tar")
