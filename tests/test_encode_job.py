@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 import titok_cli
 from titok_cli.encode_job import encode_files

@@ -7,13 +7,11 @@ uint16, the dtype of the official 4096/8192-code models that torch cannot comput
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 import titok_cli
