@@ -11,8 +11,6 @@ import argparse
 import numpy as np
 
 import titok_cli
-from titok_cli.encode_job import encode_files
-from titok_cli.token_file import load_tokens
 
 
 def main() -> None:
@@ -24,13 +22,13 @@ def main() -> None:
     args = parser.parse_args()
 
     tok = titok_cli.load_tokenizer(args.model, device=args.device)
-    result = encode_files([args.folder], args.output, tok, batch_size=8)
+    result = titok_cli.encode_files([args.folder], args.output, tok, batch_size=8)
     for path, reason in result.failures:
         print(f"skipped {path}: {reason}")
     if result.count == 0:
         raise SystemExit("no image could be encoded")
 
-    tf = load_tokens(result.output)  # the array plus the manifest written beside it
+    tf = titok_cli.load_tokens(result.output)  # the array plus the manifest written beside it
     print(f"{result.count} images -> {result.output} (manifest {result.manifest.name})")
     for name, row in zip(tf.names or [], np.asarray(tf.tokens)):
         shown = np.array2string(row.ravel()[:8], separator=" ")

@@ -12,8 +12,6 @@ import numpy as np
 from PIL import Image
 
 import titok_cli
-from titok_cli.metrics import psnr
-from titok_cli.preprocess import load_image, to_tensor
 
 
 def main() -> None:
@@ -25,14 +23,14 @@ def main() -> None:
     args = parser.parse_args()
 
     tok = titok_cli.load_tokenizer(args.model, device=args.device)
-    crop = load_image(args.image, tok.image_size)  # official center crop, RGB
-    tokens = tok.encode(to_tensor([crop]))  # VQ: int64 [1, K]; VAE: float32 [1, C, K]
+    crop = titok_cli.load_image(args.image, tok.image_size)  # official center crop, RGB
+    tokens = tok.encode(titok_cli.to_tensor([crop]))  # VQ: int64 [1, K]; VAE: float32 [1, C, K]
     pixels = titok_cli.to_uint8(tok.decode(tokens))[0].cpu().numpy()  # uint8 [S, S, 3]
 
     original = np.asarray(crop, dtype=np.uint8)
     Image.fromarray(np.concatenate([original, pixels], axis=1)).save(args.output)
     kind = f"{tok.config.token_size}x{tok.num_tokens} latents" if tok.is_vae else f"{tok.num_tokens} tokens"
-    print(f"{args.image}: {kind}, PSNR {psnr(original, pixels, data_range=255):.2f} dB -> {args.output}")
+    print(f"{args.image}: {kind}, PSNR {titok_cli.psnr(original, pixels, data_range=255):.2f} dB -> {args.output}")
     if not tok.is_vae:
         print("tokens:", tokens[0].tolist())
 

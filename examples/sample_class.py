@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 import titok_cli
-from titok_cli.imagenet import class_name, resolve_class
 
 
 def main() -> None:
@@ -30,7 +29,7 @@ def main() -> None:
     gen = titok_cli.load_generator(args.model, device=args.device)  # official sampling defaults applied
     tok = titok_cli.load_tokenizer(args.tokenizer or args.model, device=args.device)
     num_classes = gen.config.condition_num_classes
-    class_id = int(args.cls) if args.cls.isdigit() else resolve_class(args.cls)
+    class_id = int(args.cls) if args.cls.isdigit() else titok_cli.resolve_class(args.cls)
     if not 0 <= class_id < num_classes:
         raise SystemExit(f"class {class_id} is outside this generator's classes 0..{num_classes - 1}")
 
@@ -38,7 +37,7 @@ def main() -> None:
     ids = gen.generate(torch.full((args.n,), class_id), generator=rng)  # int64 [n, K]
     images = titok_cli.to_uint8(tok.decode(ids)).cpu().numpy()  # uint8 [n, S, S, 3]
     Image.fromarray(np.concatenate(list(images), axis=1)).save(args.output)
-    label = class_name(class_id) if num_classes == 1000 else f"class {class_id}"
+    label = titok_cli.class_name(class_id) if num_classes == 1000 else f"class {class_id}"
     print(f"{args.n} samples of {label} (seed {args.seed}) -> {args.output}")
 
 

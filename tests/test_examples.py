@@ -30,3 +30,26 @@ def test_example_scripts(golden, tmp_path):
     run("examples/sample_class.py", "--class", "3", "-n", "4", "--model", gen, "--tokenizer", tok,
         "-o", str(tmp_path / "s.png"))  # fmt: skip
     assert (tmp_path / "s.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "examples").glob("*.py") if p.name != "make_demo.py"))
+def test_examples_use_only_the_public_api(script):
+    """Example scripts are what users copy: they reach titok_cli only through its public names."""
+    import ast
+
+    import titok_cli
+
+    tree = ast.parse((ROOT / "examples" / script).read_text())
+    used = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("titok_cli"):
+            assert node.module == "titok_cli", f"{script} imports from {node.module}"
+            used |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            assert all(a.name == "titok_cli" or not a.name.startswith("titok_cli") for a in node.names), script
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "titok_cli":
+            used.add(node.attr)
+    assert used, f"{script} does not use titok_cli"
+    assert used <= set(titok_cli.__all__), f"{script} uses non-public names {sorted(used - set(titok_cli.__all__))}"
+    for name in used:
+        getattr(titok_cli, name)  # every public name really resolves
