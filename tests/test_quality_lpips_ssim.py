@@ -96,6 +96,7 @@ def test_lpips_is_differentiable(model, pairs):
     d = model(x, y)  # (2,)
     d.sum().backward()
     assert d.requires_grad and x.grad is not None
+    assert not any(p.requires_grad for p in model.parameters())  # frozen weights, gradient to the input
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum().item() > 0
     # Gradient steps shrink the distance: the gradient is the one of this function.
     with torch.no_grad():

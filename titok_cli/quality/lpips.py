@@ -10,7 +10,8 @@ layer scores are summed. Two public files hold the weights, and each loads here 
 - the lpips package's `weights/v0.1/vgg.pth` into `LPIPS.heads` (keys `lin0.model.1.weight` ...).
 
 Nothing in `forward` runs in place or under `torch.no_grad`, so the module also serves as a
-training loss; `requires_grad` of the weights is left to the caller.
+training loss: gradients reach the input images. The weights themselves are frozen
+(requires_grad False), as a metric's should be; `requires_grad_(True)` undoes that.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ class LPIPS(nn.Module):
         # Not in any weight file, so kept out of state_dict (persistent=False) but moved by .to().
         self.register_buffer("shift", torch.tensor(SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(SCALE).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
         self.eval()
 
     @classmethod
