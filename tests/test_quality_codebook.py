@@ -72,6 +72,35 @@ def test_streaming_and_merging_equal_one_pass(tokens):
     assert summed == whole.stats()
 
 
+def _rank_counts(rank: int, world: int, init_file: str, ids: torch.Tensor, size: int, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        counter = CodebookCounter(size, ids.shape[1])
+        counter.update(ids[rank::world])  # each rank sees every world-th sequence
+        counter.all_reduce()
+        torch.save(counter.counts, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_reduce_over_two_gloo_ranks_equals_one_pass(tokens, tmp_path):
+    import torch.multiprocessing as mp
+
+    ids, size = tokens
+    out = str(tmp_path / "counts")
+    mp.start_processes(_rank_counts, args=(2, str(tmp_path / "init"), ids, size, out), nprocs=2, start_method="spawn")
+    whole = CodebookCounter(size, ids.shape[1])
+    whole.update(ids)
+    for rank in range(2):
+        assert torch.equal(torch.load(f"{out}.{rank}", weights_only=True), whole.counts)
+    # Without a process group it is a no-op; a saved table resumes counting.
+    alone = CodebookCounter.from_counts(whole.counts.clone()).all_reduce()
+    alone.update(ids[:1])
+    assert alone.counts.sum().item() == whole.counts.sum().item() + ids.shape[1]
+
+
 def test_pooled_histogram_gives_no_positions(tokens):
     ids, size = tokens
     pooled = torch.bincount(ids.flatten(), minlength=size)  # (C,)

@@ -70,6 +70,26 @@ class CodebookCounter:
         flat = (ids + pos).flatten()  # (N * K,): position-major index into the table
         self.counts += torch.bincount(flat, minlength=self.counts.numel()).view_as(self.counts)
 
+    @classmethod
+    def from_counts(cls, counts: torch.Tensor) -> CodebookCounter:
+        """A counter that resumes from a saved (K, codebook_size) table."""
+        if counts.dim() != 2 or counts.dtype.is_floating_point:
+            raise ValueError(f"expected an integer (K, codebook_size) count table, got {counts.dtype} {tuple(counts.shape)}")
+        counter = cls(counts.shape[1], counts.shape[0], device=counts.device)
+        counter.counts += counts.to(torch.int64)
+        return counter
+
+    def all_reduce(self) -> CodebookCounter:
+        """Sum the tables of every rank in place (a no-op without a process group); returns self.
+
+        With NCCL the table must live on this rank's GPU (`device=` at construction).
+        """
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(self.counts, op=dist.ReduceOp.SUM)
+        return self
+
     def merge(self, other: CodebookCounter) -> CodebookCounter:
         """Add another counter's table into this one (same shape); returns self."""
         if other.counts.shape != self.counts.shape:
