@@ -82,6 +82,14 @@ def test_identical_images(model, pairs):
     assert torch.allclose(ssim(x, x.clone()), torch.ones(4), atol=1e-6)
 
 
+def test_lpips_refuses_what_it_cannot_compare(model):
+    x = torch.rand(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="float images"):
+        model((x * 255).to(torch.uint8), x)
+    with pytest.raises(ValueError, match="one shape"):
+        model(x, x[..., :16])
+
+
 def test_layer_distances_sum_to_forward(model, pairs):
     x, y = (t[:3] for t in pairs["64"])
     with torch.no_grad():

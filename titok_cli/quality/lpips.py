@@ -12,6 +12,11 @@ layer scores are summed. Two public files hold the weights, and each loads here 
 Nothing in `forward` runs in place or under `torch.no_grad`, so the module also serves as a
 training loss: gradients reach the input images. The weights themselves are frozen
 (requires_grad False), as a metric's should be; `requires_grad_(True)` undoes that.
+
+Inputs are not clamped (lpips does not clamp either): clamp decoder output to [0, 1] first when
+the figure should describe the saved image. On CUDA, PyTorch lets cuDNN run float32 convolutions
+in TF32 by default (`torch.backends.cudnn.allow_tf32`); the agreement with the lpips package
+measured in the tests is for full float32, so a caller that wants it sets that flag to False.
 """
 
 from __future__ import annotations
@@ -149,6 +154,8 @@ class LPIPS(nn.Module):
         """Per-layer LPIPS terms (N, 5) for images in [0, 1]; `forward` is their sum."""
         if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"LPIPS needs two (N, 3, H, W) batches of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        if not (x.is_floating_point() and y.is_floating_point()):
+            raise ValueError(f"LPIPS needs float images in [0, 1], got {x.dtype} and {y.dtype}")
         dtype = self.shift.dtype
         n = x.shape[0]
         both = torch.cat([x.to(dtype), y.to(dtype)])  # (2N, 3, H, W): one pass through VGG
