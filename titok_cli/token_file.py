@@ -183,7 +183,7 @@ def _read_manifest(path: Path) -> tuple[dict[str, Any], list[str], np.ndarray | 
 def _unreadable(path: Path, exc: BaseException) -> TokenFileError:
     """One line for a file numpy or zipfile could not read; pickles are named, never loaded."""
     text = str(exc)
-    if "pickle" in text.lower():
+    if "pickle" in text.lower() or "python objects" in text.lower():
         return TokenFileError(f"{path}: holds pickled Python objects; refusing to unpickle (token files are plain arrays)")
     if isinstance(exc, EOFError) or "mmap length" in text or "cannot reshape" in text or "truncated" in text.lower():
         return TokenFileError(f"{path}: truncated (the file is shorter than its header says)")
