@@ -1,6 +1,7 @@
 """Rebuild the README's demo and its transcripts from what the repository ships.
 
     python examples/make_demo.py                       # demo in /tmp/demo, transcripts in examples/transcripts.md
+                                                       # and in README.md's <!-- demo: NAME --> blocks
     python examples/make_demo.py --out /tmp/d --transcripts /tmp/t.md --skip-slow
 
 It lays out the golden tiny checkpoints of ../shared/golden as Hub repos `golden/<case>` in a
@@ -21,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -180,8 +182,12 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared", help="folder holding golden/ and images/")
     parser.add_argument("--transcripts", type=Path, default=ROOT / "examples" / "transcripts.md")
     parser.add_argument("--columns", type=int, default=80, help="terminal width the commands see")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md",
+                        help="also replace the README's `<!-- demo: NAME -->` blocks (--readme '' to skip)")
     parser.add_argument("--skip-slow", action="store_true", help="leave out the 512x512 random-weights benchmark")
     args = parser.parse_args()
+    if args.readme is not None and not str(args.readme).strip("."):
+        args.readme = None
 
     out = args.out.resolve()
     snapshots = build(out, args.shared.resolve())
@@ -195,8 +201,10 @@ def main() -> None:
               f"HF_HUB_OFFLINE=1`) holding the golden tiny checkpoints as `golden/<case>`, `images/` "
               f"(the photos of ../shared/images), `broken/` (odd files), `examples/` (this repo's); "
               f"COLUMNS={args.columns}.\n")  # fmt: skip
+    blocks: dict[str, str] = {}
     for heading, commands in sections(snapshots, args.skip_slow):
-        doc.write(f"\n### {heading}\n\n```\n")
+        block = io.StringIO()
+        block.write("```\n")
         for i, (command, note) in enumerate(commands):
             if command.startswith("cat {manifest:"):
                 command = "cat " + manifest_of(command[len("cat {manifest:") : -1], out)
@@ -204,16 +212,36 @@ def main() -> None:
             if note == "the last entry" and code == 0:
                 text = last_json_item(text)
             notes = [n for n in (note, f"exit code {code}" if code else "") if n]
-            doc.write(("\n" if i else "") + f"$ {command}" + (f"   # {'; '.join(notes)}" if notes else "") + "\n")
+            block.write(("\n" if i else "") + f"$ {command}" + (f"   # {'; '.join(notes)}" if notes else "") + "\n")
             lines = [line.rstrip() for line in text.splitlines()]  # rich pads help pages to the width
             while lines and not lines[-1]:
                 lines.pop()
-            doc.write("".join(line + "\n" for line in lines))
+            block.write("".join(line + "\n" for line in lines))
             print(f"[{code}] {command}", file=sys.stderr)
-        doc.write("```\n")
+        block.write("```\n")
+        blocks[heading] = block.getvalue()
+        doc.write(f"\n### {heading}\n\n{blocks[heading]}")
     args.transcripts.parent.mkdir(parents=True, exist_ok=True)
     args.transcripts.write_text(doc.getvalue(), encoding="utf-8")
     print(f"transcripts -> {args.transcripts}", file=sys.stderr)
+    if args.readme is not None:
+        args.readme.write_text(splice(args.readme.read_text(encoding="utf-8"), blocks), encoding="utf-8")
+        print(f"README blocks -> {args.readme}", file=sys.stderr)
+
+
+DEMO_BLOCK = re.compile(r"(<!-- demo: (?P<name>[^>]+?) -->\n)(?P<body>.*?)(<!-- /demo -->)", re.S)
+
+
+def splice(readme: str, blocks: dict[str, str]) -> str:
+    """README text with every `<!-- demo: NAME -->...<!-- /demo -->` span replaced by section NAME."""
+
+    def replace(m: re.Match) -> str:
+        name = m.group("name")
+        if name not in blocks:
+            raise SystemExit(f"README names demo section {name!r}, which make_demo.py does not run")
+        return m.group(1) + blocks[name] + m.group(4)
+
+    return DEMO_BLOCK.sub(replace, readme)
 
 
 if __name__ == "__main__":
