@@ -196,3 +196,14 @@ def test_generate_with_seed_is_reproducible(golden):
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert a.min() >= 0 and a.max() < gen.codebook_size
+
+
+@pytest.mark.parametrize("case", GENERATOR_CASES)
+def test_class_outside_the_generator_is_a_clear_error(golden, case):
+    import titok_cli
+
+    gen = titok_cli.load_generator(golden / case)
+    n = gen.config.condition_num_classes
+    for bad in (n, -1):
+        with pytest.raises(ValueError, match=f"class id {bad} is outside this generator's classes 0..{n - 1}"):
+            gen.generate(torch.tensor([0, bad]), seeds=[0, 1])

@@ -64,6 +64,10 @@ class TiTokGenerator(nn.Module):
     def condition_tokens(self, classes: torch.Tensor, drop_class: bool) -> torch.Tensor:
         """Class ids [B] -> condition token ids [B] (the drop label when `drop_class`)."""
         classes = classes.to(self.device).long()
+        n = self.config.condition_num_classes
+        if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= n):
+            bad = int(classes.min()) if int(classes.min()) < 0 else int(classes.max())
+            raise ValueError(f"class id {bad} is outside this generator's classes 0..{n - 1}")
         if drop_class:
             return torch.full_like(classes, self.config.drop_label_id)
         return classes + (self.config.codebook_size + 1)
