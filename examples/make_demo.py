@@ -122,6 +122,11 @@ def sections(snapshots: dict[str, Path], skip_slow: bool) -> list[tuple[str, lis
         bench.insert(2, ("titok bench --resolution 512 --task encode --task decode -b 1 --iters 1 --warmup 0 "
                          "--device cpu", ""))  # fmt: skip
     return [
+        ("Quick start", [
+            (f"titok encode examples/images -o tokens.npy --model {TOK}", ""),
+            ("titok decode tokens.npy -o decoded", ""),
+            ("ls decoded", ""),
+        ]),
         ("Help", [("titok --help", ""), ("titok encode --help", "")]),
         ("titok models", [("titok models", ""), ("titok models --json", "the last entry")]),
         ("titok download", [

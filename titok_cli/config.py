@@ -72,10 +72,6 @@ class TokenizerConfig:
     def grid_size(self) -> int:
         return self.image_size // self.vit_enc_patch_size
 
-    @property
-    def dec_grid_size(self) -> int:
-        return self.image_size // self.vit_dec_patch_size
-
     def to_official(self) -> dict[str, Any]:
         """The nested config.json layout the official code reads."""
         vq = {k: v for k, v in asdict(self).items() if k != "image_size"}

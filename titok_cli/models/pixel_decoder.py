@@ -36,7 +36,6 @@ from .layers import HALF_DTYPES, KeepsFloat32
 CHANNEL_MULT = (1, 1, 2, 2, 4)
 NUM_RES_BLOCKS = 2
 Z_CHANNELS = 256
-NUM_PROXY_CODES = 1024
 
 
 def _norm(channels: int) -> nn.GroupNorm:
