@@ -283,12 +283,13 @@ class ReferenceBatch:
                 data = fh.read(n * row)
                 if len(data) != n * row:
                     raise ImageError(str(self.path), f"arr_0 is truncated: image {first + len(data) // row} is incomplete")
-                yield np.frombuffer(data, dtype=np.uint8).reshape(n, *self.image_shape)
+                yield np.frombuffer(bytearray(data), dtype=np.uint8).reshape(n, *self.image_shape)  # writable
 
 
 def images_to_tensor(batch: np.ndarray) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) in [0, 1], the FID Inception's input."""
-    return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float() / 255  # (B, 3, H, W)
+    pixels = torch.from_numpy(np.require(batch, dtype=np.uint8, requirements=["C", "W"]))  # (B, H, W, 3)
+    return pixels.permute(0, 3, 1, 2).float() / 255  # (B, 3, H, W)
 
 
 def _read_npy_header(fh: io.BufferedIOBase, path: Path, name: str) -> tuple[tuple[int, ...], bool, np.dtype]:
