@@ -27,7 +27,12 @@ from tests.reference.make_fid_reference import (
     reference_images,
     synthetic_sets,
 )
-from titok_cli.errors import CheckpointError, FeatureWeightsError, ImageError, TitokError
+from titok_cli.errors import (
+    CheckpointError,
+    FeatureWeightsError,
+    ImageError,
+    TitokError,
+)
 from titok_cli.quality import fid, weights
 from titok_cli.quality.inception import FIDInceptionV3, load_fid_inception
 
@@ -41,7 +46,8 @@ def ref() -> dict[str, np.ndarray]:
 
 
 def _seeded_state() -> dict[str, torch.Tensor]:
-    shapes = {k: tuple(v.shape) for k, v in FIDInceptionV3().state_dict().items()}
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in FIDInceptionV3().state_dict().items()}
     return random_inception_weights(shapes)
 
 
@@ -97,23 +103,40 @@ def test_input_protocol_is_pytorch_fid_resize_then_scale():
         FIDInceptionV3.prepare(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
 
 
-def test_pytorch_fid_weight_file_loads_strictly(tmp_path, ref, net):
+def _labelled_state(keys: list[str]) -> dict[str, torch.Tensor]:
+    """A state dict with pytorch-fid's keys in which every tensor holds its own index.
+
+    Built from expanded scalars, so the file is a few kilobytes however big the network is; a
+    key that landed in the wrong parameter would show up as the wrong number.
+    """
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in FIDInceptionV3().state_dict().items()}
+    return {
+        k: torch.zeros((), dtype=torch.long) if k.endswith("num_batches_tracked")
+        else torch.tensor(float(i)).expand(shapes[k])
+        for i, k in enumerate(keys)
+    }  # fmt: skip
+
+
+def test_pytorch_fid_weight_file_loads_strictly(tmp_path, ref):
     keys = [str(k) for k in ref["state_keys"]]
-    state = _seeded_state()
-    assert sorted(state) == keys  # our key set is pytorch-fid's, verbatim
+    with torch.device("meta"):
+        assert sorted(FIDInceptionV3().state_dict()) == keys  # our key set is pytorch-fid's, verbatim
+    state = _labelled_state(keys)
     path = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
-    torch.save({k: state[k] for k in keys}, path)
+    torch.save(state, path)
     model = load_fid_inception(path)
     assert not model.training and model.fc.weight.dtype == torch.float32
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, state[key]), key
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], state[k].expand_as(loaded[k])) for k in keys)
     # a file saved before BatchNorm counted its steps still loads
-    torch.save({k: state[k] for k in keys if not k.endswith("num_batches_tracked")}, path)
-    assert torch.equal(load_fid_inception(path).Mixed_7c.branch_pool.conv.weight, net.Mixed_7c.branch_pool.conv.weight)
+    torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, path)
+    index = keys.index("Mixed_7c.branch_pool.conv.weight")
+    assert (load_fid_inception(path).Mixed_7c.branch_pool.conv.weight == index).all()
 
 
-def test_weight_file_that_does_not_fit_names_file_and_keys(tmp_path):
-    state = _seeded_state()
+def test_weight_file_that_does_not_fit_names_file_and_keys(tmp_path, ref):
+    state = _labelled_state([str(k) for k in ref["state_keys"]])
     state["Mixed_7c.branch_pool.weight"] = state.pop("Mixed_7c.branch_pool.conv.weight")
     path = tmp_path / "renamed.pth"
     torch.save(state, path)

@@ -50,7 +50,7 @@ class FeatureStats:
     sigma: np.ndarray  # (D, D)
     count: int | None = None
 
-    def frechet_distance(self, other: "FeatureStats") -> float:
+    def frechet_distance(self, other: FeatureStats) -> float:
         """FID between this set and `other`."""
         return frechet_distance(self.mu, self.sigma, other.mu, other.sigma)
 
@@ -81,7 +81,7 @@ class FeatureStatsAccumulator:
         self.outer += x.t() @ x  # (D, D)
         self.count += x.shape[0]
 
-    def merge(self, other: "FeatureStatsAccumulator") -> None:
+    def merge(self, other: FeatureStatsAccumulator) -> None:
         """Add another shard's sums into this one."""
         if other.dim != self.dim:
             raise ValueError(f"cannot merge statistics of {other.dim} features into {self.dim}")
