@@ -277,6 +277,8 @@ def main() -> None:
                         help="the guided-diffusion commit the file is from (recorded in the npz)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=OUTPUT)
     args = parser.parse_args()
+    if not args.adm_evaluator.is_file():
+        parser.error(f"{args.adm_evaluator}: no such file (guided-diffusion's evaluations/evaluator.py)")
     torch.set_grad_enabled(False)
     sys.path.insert(0, str(ROOT))
     _import_torchvision_without_ops()

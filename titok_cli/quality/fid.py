@@ -273,6 +273,8 @@ class ReferenceBatch:
         """uint8 batches (B, H, W, 3) of images [start, stop) in file order (a rank takes its slice)."""
         if self.count is None or self.image_shape is None:
             raise ImageError(str(self.path), "holds no images (arr_0), only statistics")
+        if start < 0 or batch_size < 1:
+            raise ValueError(f"need start >= 0 and batch_size >= 1, got {start} and {batch_size}")
         stop = self.count if stop is None else min(stop, self.count)
         row = int(np.prod(self.image_shape))
         with zipfile.ZipFile(self.path) as archive, archive.open("arr_0.npy") as fh:
