@@ -356,7 +356,7 @@ def test_offline_without_weights_says_where_to_put_them(hf_home):
         load_fid_inception()
     text = str(info.value)
     folder = hf_home / "titok-cli"
-    assert f"pt_inception-2015-12-05-6726825d.pth (the FID Inception-v3 weights (pytorch-fid)) is not in {folder}" in text
+    assert f"pt_inception-2015-12-05-6726825d.pth (pytorch-fid's FID Inception-v3 weights) is not in {folder}" in text
     assert "HF_HUB_OFFLINE" in text and "--inception" in text and weights.KNOWN_WEIGHTS["fid-inception"].url in text
     assert text.count(". ") == 0 and "\n" not in text  # one sentence
     assert info.value.exit_code == 1 and isinstance(info.value, CheckpointError)
