@@ -27,20 +27,55 @@ DEBUG_ENV = "TITOK_DEBUG"
 
 # -- option aliases, declared once ----------------------------------------------------------
 
+def at_least(low: int) -> Callable[[int | None], int | None]:
+    """An option callback that refuses values below `low` (`--batch-size must be >= 1`, exit 2).
+
+    A callback rather than Typer's `min=`, whose help adds a raw `[x>=1]` beside the metavar.
+    """
+
+    def check(value: int | None) -> int | None:
+        if value is not None and value < low:
+            raise typer.BadParameter(f"must be >= {low} (got {value})")
+        return value
+
+    return check
+
+
+def _show_help(ctx: typer.Context, value: bool) -> None:
+    if value:
+        typer.echo(ctx.get_help(), color=ctx.color)
+        raise typer.Exit()
+
+
+# Our own -h/--help (Typer's shows `<bool>` beside it); not passed to the command.
+HelpOpt = Annotated[
+    bool,
+    typer.Option("--help", "-h", metavar="", is_eager=True, expose_value=False, callback=_show_help,
+                 help="Show this message and exit."),
+]  # fmt: skip
 DeviceOpt = Annotated[
     str, typer.Option("--device", metavar="DEVICE", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
 ]
 DtypeOpt = Annotated[str, typer.Option("--dtype", metavar="DTYPE", help="float32, bfloat16 or float16.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", metavar="N", min=1, help="Images per forward pass.")]
+BatchOpt = Annotated[
+    int, typer.Option("--batch-size", "-b", metavar="N", callback=at_least(1), help="Images per forward pass.")
+]
+# For a command whose batch is chosen per device (bench): the same option, no fixed default.
+DeviceBatchOpt = Annotated[
+    int | None,
+    typer.Option("--batch-size", "-b", metavar="N", callback=at_least(1), show_default=False,
+                 help="Images per forward pass [default: per device: 8 on a GPU; on the CPU 2, or 1 above 256x256]."),
+]  # fmt: skip
 # timm's scripts default to 4 loader workers; fewer where this process may use fewer CPUs.
 DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 WorkersOpt = Annotated[
     int,
-    typer.Option("--workers", "-j", metavar="N", min=0, show_default=False,
+    typer.Option("--workers", "-j", metavar="N", callback=at_least(0), show_default=False,
                  help="Processes that decode and crop images (0: in this process) [default: min(4, CPUs)]."),
 ]  # fmt: skip
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only what scripts need.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="Print only what scripts need.")]
+JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print the result as JSON on stdout.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace what is already in the output.")]
 GridOpt = Annotated[
     Path | None, typer.Option("--grid", metavar="FILE.png", help="Also write a contact sheet of all images (PNG).")
 ]
@@ -200,7 +235,7 @@ def parser_error_message(exc: BaseException) -> str:
     raw = one_line(getattr(exc, "message", "") or str(exc))
     if param is not None and name == "BadParameter":
         flag = _param_name(param)
-        phrase = _range_phrase(raw)
+        phrase = raw if raw.startswith("must be ") else _range_phrase(raw)
         return f"{flag} {phrase}" if phrase else f"{flag}: {_sentence(raw)}"
     format_message = getattr(exc, "format_message", None)
     message = _sentence(format_message() if callable(format_message) else raw)

@@ -12,7 +12,9 @@ from .common import (
     DeviceOpt,
     DtypeOpt,
     GridOpt,
+    HelpOpt,
     JsonOpt,
+    OverwriteOpt,
     QuietOpt,
     check_output_file,
     device_and_dtype,
@@ -23,9 +25,6 @@ from .common import (
     usage_error,
     warn,
 )
-
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace what is already in the output.")]
-
 
 def decode(
     tokens: Annotated[Path, typer.Argument(metavar="TOKENS", help="Token file (.npy, .npz or .tar shard) from `titok encode`.",
@@ -44,6 +43,7 @@ def decode(
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
+    _help: HelpOpt = False,
 ) -> None:
     """Decode a token file back to images: one PNG per row, named after its source image.
 

@@ -12,9 +12,12 @@ from .common import (
     BatchOpt,
     DeviceOpt,
     DtypeOpt,
+    HelpOpt,
     JsonOpt,
+    OverwriteOpt,
     QuietOpt,
     WorkersOpt,
+    at_least,
     check_output_file,
     device_and_dtype,
     draws_progress,
@@ -25,7 +28,6 @@ from .common import (
     progress_bar,
     say,
 )
-from .decode import OverwriteOpt
 
 if TYPE_CHECKING:  # pragma: no cover
     from titok_cli.encode_job import EncodeResult
@@ -52,19 +54,20 @@ def encode(
     workers: WorkersOpt = DEFAULT_WORKERS,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
-    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad file and write nothing.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", metavar="", help="Stop at the first bad file and write nothing.")] = False,
     exif_transpose: Annotated[
         bool,
-        typer.Option("--exif-transpose", help="Apply EXIF orientation first (the official pipeline ignores it)."),
+        typer.Option("--exif-transpose", metavar="", help="Apply EXIF orientation first (the official pipeline ignores it)."),
     ] = False,
     shard_size: Annotated[
         int | None,
-        typer.Option("--shard-size", metavar="ROWS", min=1,
+        typer.Option("--shard-size", metavar="ROWS", callback=at_least(1),
                      help="Rows per output file: OUT-000000.npy, OUT-000001.npy, ..."),
     ] = None,  # fmt: skip
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
+    _help: HelpOpt = False,
 ) -> None:
     """Encode images into TiTok tokens: one row per image, in sorted path order.
 

@@ -15,6 +15,7 @@ from .common import (
     DeviceOpt,
     DtypeOpt,
     GridOpt,
+    HelpOpt,
     JsonOpt,
     QuietOpt,
     plural,
@@ -31,7 +32,7 @@ def sample(
                      show_default=False),
     ] = None,  # fmt: skip
     all_classes: Annotated[
-        bool, typer.Option("--all-classes", help="Every class of the generator (1000 for ImageNet).")
+        bool, typer.Option("--all-classes", metavar="", help="Every class of the generator (1000 for ImageNet).")
     ] = False,
     num: Annotated[int, typer.Option("--num", "-n", metavar="N", help="Images per class.")] = 4,
     output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Folder for the PNG files.")] = Path(
@@ -70,7 +71,7 @@ def sample(
     ] = None,
     annealing: Annotated[
         bool | None,
-        typer.Option("--annealing/--no-annealing", help="Softmax temperature annealing [default: the model's].",
+        typer.Option("--annealing/--no-annealing", metavar="", help="Softmax temperature annealing [default: the model's].",
                      show_default=False),
     ] = None,  # fmt: skip
     npz: Annotated[
@@ -87,6 +88,7 @@ def sample(
     dtype: DtypeOpt = "float32",
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
+    _help: HelpOpt = False,
 ) -> None:
     """Generate images of ImageNet classes with a TiTok MaskGIT generator.
 
