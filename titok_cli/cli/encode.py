@@ -75,7 +75,8 @@ def encode(
     ids [N,K] (smallest unsigned dtype that fits the codebook), VAE models float latents
     [N,C,K]. A manifest OUT.manifest.jsonl (e.g. tokens.npy.manifest.jsonl) beside the file
     records each row's source path, the model and the files that failed. Bad files are reported
-    as they are found and skipped (exit code 1). Output appears only when the run is complete;
+    as they are found and skipped (exit code 1); a single image file that cannot be read is an
+    error, as with --strict. Output appears only when the run is complete;
     an interrupted run resumes when the same command is repeated. An existing OUT is replaced
     only with --overwrite (the same command again reports it as done). Under torchrun every
     rank takes a share and rank 0 writes the file.
@@ -98,7 +99,7 @@ def encode(
 
     with progress_bar("encoding", None, hide) as update:
         result = encode_files(
-            inputs, output, tok, batch_size=batch_size, workers=workers, strict=strict,
+            inputs, output, tok, batch_size=batch_size, workers=workers, strict=strict or _one_image(inputs),
             exif_transpose=exif_transpose, shard_size=shard_size, overwrite=overwrite, on_resume=resuming,
             on_failure=lambda path, reason: err.print(f"{path}: {reason}", markup=False, highlight=False,
                                                       soft_wrap=True),
@@ -112,6 +113,12 @@ def encode(
         _print_summary(result, tok, quiet)
     if result.failures:
         raise typer.Exit(1)
+
+
+def _one_image(inputs: list[str]) -> bool:
+    """A lone image file: nothing to skip to, so a bad one fails the run with one `error:` line."""
+    path = Path(inputs[0])
+    return len(inputs) == 1 and path.suffix.lower() != ".tar" and not path.is_dir()
 
 
 def _json_summary(result: EncodeResult, tok: Any) -> dict[str, Any]:
