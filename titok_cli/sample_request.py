@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .errors import UsageError
 from .sample_images import Progress, SamplePlan, check_output_file, check_output_folder
@@ -88,8 +88,14 @@ class SampleReport:
                 "tokens": str(r.save_tokens) if r.save_tokens else None}  # fmt: skip
 
 
-def run_sample(request: SampleRequest, progress: Progress | None = None) -> SampleReport:
-    """Check `request`, load the models, render, write; `progress(done, total)` is called on rank 0."""
+def run_sample(
+    request: SampleRequest, progress: Progress | None = None, notify: Callable[[str], None] | None = None
+) -> SampleReport:
+    """Check `request`, load the models, render, write; `progress(done, total)` is called on rank 0.
+
+    `notify(line)` gets, on rank 0 and before any image is rendered, the note that a generator
+    unknown to the registry samples with its config's values and the documented defaults.
+    """
     request.check()
     from .devices import parse_dtype, pick_device
     from .distributed import dist_info, rank_device
@@ -107,6 +113,8 @@ def run_sample(request: SampleRequest, progress: Progress | None = None) -> Samp
     class_ids = list(range(num_classes)) if r.all_classes else resolve_classes(r.classes, num_classes)
     tok = pair_tokenizer(gen, r.tokenizer, r.model, dt)
     params = gen.sampling_params(**r.overrides)
+    if notify is not None and rank == 0 and gen.source.sampling_note:
+        notify(gen.source.sampling_note)
     report = SampleReport(request=r, generator=gen.source.describe(), tokenizer=tok.source.describe(),
                           device=str(dev), dtype=str(dt).removeprefix("torch."), classes=class_ids, params=params,
                           count=len(class_ids) * r.per_class, rank=rank, ranks=world)  # fmt: skip

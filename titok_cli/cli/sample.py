@@ -18,6 +18,7 @@ from .common import (
     HelpOpt,
     JsonOpt,
     QuietOpt,
+    note,
     plural,
     print_json,
     progress_bar,
@@ -113,7 +114,7 @@ def sample(
     request.check()  # usage errors before the progress display starts
     what = "sampling batches" if npz is not None else "sampling"
     with progress_bar(what, None, quiet or json_output) as update:
-        report = run_sample(request, progress=update)
+        report = run_sample(request, progress=update, notify=lambda line: note(line, quiet))
     if report.rank != 0:
         return
     if json_output:
