@@ -28,6 +28,7 @@ class SampleRequest:
     per_class: int = 4
     folder: Path = Path("samples")  # PNG output
     model: str = "titok-l32"
+    preset: str | None = None  # architecture of a lone generator weights file
     tokenizer: str | None = None
     seed: int = 0
     overrides: Mapping[str, Any] = field(default_factory=dict)
@@ -108,7 +109,7 @@ def run_sample(
     rank, world = dist_info() if r.npz is not None else (0, 1)
     dev = pick_device(rank_device(r.device) if r.npz is not None else r.device)
     dt = parse_dtype(r.dtype)
-    gen = load_generator(r.model, device=dev, dtype=dt)
+    gen = load_generator(r.model, device=dev, dtype=dt, preset=r.preset)
     num_classes = gen.config.condition_num_classes
     class_ids = list(range(num_classes)) if r.all_classes else resolve_classes(r.classes, num_classes)
     tok = pair_tokenizer(gen, r.tokenizer, r.model, dt)

@@ -73,6 +73,12 @@ WorkersOpt = Annotated[
     typer.Option("--workers", "-j", metavar="N", callback=at_least(0), show_default=False,
                  help="Processes that decode and crop images (0: in this process) [default: min(4, CPUs)]."),
 ]  # fmt: skip
+PresetOpt = Annotated[
+    str | None,
+    typer.Option("--preset", metavar="NAME", show_default=False,
+                 help="Architecture of a lone weights file given as --model, e.g. titok-l32 [default: from the "
+                 "official file name, such as tokenizer_titok_l32.bin]."),
+]  # fmt: skip
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="Print only what scripts need.")]
 JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print the result as JSON on stdout.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace what is already in the output.")]

@@ -15,6 +15,7 @@ from .common import (
     HelpOpt,
     JsonOpt,
     OverwriteOpt,
+    PresetOpt,
     QuietOpt,
     check_output_file,
     device_and_dtype,
@@ -36,6 +37,7 @@ def decode(
         typer.Option("--model", "-m", metavar="NAME",
                      help="Tokenizer to decode with [default: the one named in the manifest]."),
     ] = None,  # fmt: skip
+    preset: PresetOpt = None,
     grid: GridOpt = None,
     batch_size: BatchOpt = 16,
     device: DeviceOpt = "auto",
@@ -69,7 +71,9 @@ def decode(
     if source is None:
         raise usage_error(f"{tokens} has no manifest naming its model; pass --model")
     check_output(output, overwrite)
-    tok = load_tokenizer(source, device=dev, dtype=dt)
+    if model is None and preset is None:  # a file encoded from a lone weights file + preset
+        preset = (tf.header.get("model") or {}).get("preset")
+    tok = load_tokenizer(source, device=dev, dtype=dt, preset=preset)
     described = tok.source.describe()  # type: ignore[attr-defined]
     if model is not None and same_model(tf.header, described) is False:
         recorded = tf.header["model"]

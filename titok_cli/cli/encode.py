@@ -15,6 +15,7 @@ from .common import (
     HelpOpt,
     JsonOpt,
     OverwriteOpt,
+    PresetOpt,
     QuietOpt,
     WorkersOpt,
     at_least,
@@ -50,6 +51,7 @@ def encode(
         str, typer.Option("--model", "-m", metavar="NAME",
                           help="Tokenizer: registry name, Hub repo id (owner/name[@rev]) or folder."),
     ] = "titok-l32",  # fmt: skip
+    preset: PresetOpt = None,
     batch_size: BatchOpt = 16,
     workers: WorkersOpt = DEFAULT_WORKERS,
     device: DeviceOpt = "auto",
@@ -90,7 +92,7 @@ def encode(
 
     dev, dt = device_and_dtype(rank_device(device), dtype)
     rank, _ = dist_info()
-    tok = load_tokenizer(model, device=dev, dtype=dt)
+    tok = load_tokenizer(model, device=dev, dtype=dt, preset=preset)
     hide = quiet or json_output or rank != 0
     err = err_console()
 

@@ -17,6 +17,7 @@ from .common import (
     GridOpt,
     HelpOpt,
     JsonOpt,
+    PresetOpt,
     QuietOpt,
     note,
     plural,
@@ -43,6 +44,7 @@ def sample(
         str, typer.Option("--model", "-m", metavar="NAME", help="Generator: registry name (a tokenizer name picks "
                           "its generator), Hub repo id or folder.")
     ] = "titok-l32",  # fmt: skip
+    preset: PresetOpt = None,
     tokenizer: Annotated[
         str | None,
         typer.Option("--tokenizer", metavar="NAME",
@@ -109,7 +111,7 @@ def sample(
                  "guidance_scale_pow": guidance_scale_pow, "randomize_temperature": temperature,
                  "softmax_temperature_annealing": annealing}  # fmt: skip
     request = SampleRequest(classes=tuple(classes or ()), all_classes=all_classes, per_class=num, folder=output,
-                            model=model, tokenizer=tokenizer, seed=seed, overrides=overrides, npz=npz, grid=grid,
+                            model=model, preset=preset, tokenizer=tokenizer, seed=seed, overrides=overrides, npz=npz, grid=grid,
                             save_tokens=save_tokens, batch_size=batch_size, device=device, dtype=dtype)  # fmt: skip
     request.check()  # usage errors before the progress display starts
     what = "sampling batches" if npz is not None else "sampling"
