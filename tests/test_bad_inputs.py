@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from titok_cli.cli.app import app
-from titok_cli.cli.common import run_app
+from titok_cli.cli.failures import run_app
 
 from .conftest import GOLDEN, IMAGES
 

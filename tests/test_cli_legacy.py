@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from titok_cli.cli.app import app
 
-from .conftest import legacy_copy, tiny_preset  # noqa: F401 (a fixture)
+from .conftest import legacy_copy
 
 CPU = ("--device", "cpu")
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
-import pickle
 import shutil
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ import titok_cli
 import titok_cli.source
 from titok_cli.errors import CheckpointError, ConfigError, HubError, UnknownModelError
 
-from .conftest import legacy_copy, make_hub_cache, tiny_preset  # noqa: F401 (a fixture)
+from .conftest import legacy_copy, make_hub_cache
 
 
 def golden_tokens(golden: Path, case: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .errors import UsageError
-from .sample_images import Progress, SamplePlan, check_output_file, check_output_folder
+from .outputs import check_output_file
+from .sample_images import Progress, SamplePlan, check_output_folder
 from .sampling_params import SamplingParams
 from .seeds import SEED_RULE
 

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from . import bench, decode, download, encode, info, models, sample
-from .common import HelpOpt, guarded, run_app
+from .common import HelpOpt
+from .failures import guarded, run_app
 
 app = typer.Typer(
     name="titok",

@@ -17,7 +17,6 @@ from .common import (
     OverwriteOpt,
     PresetOpt,
     QuietOpt,
-    check_output_file,
     device_and_dtype,
     plural,
     print_json,
@@ -56,16 +55,14 @@ def decode(
 
     Example:  titok decode tokens.npy -o decoded/ --grid sheet.png
     """
-    if grid is not None:
-        check_output_file(grid, (".png",), "--grid")
+    from titok_cli import load_tokenizer, load_tokens
+    from titok_cli.decode_job import GRID_LIMIT, decode_to_pngs, model_source_from_header, same_model
+    from titok_cli.outputs import check_output, check_output_file
+
+    check_output_file(grid, (".png",), "--grid")
     if output.exists() and not output.is_dir():
         raise usage_error(f"{output} exists and is not a folder")
     dev, dt = device_and_dtype(device, dtype)
-
-    from titok_cli import load_tokenizer, load_tokens
-    from titok_cli.decode_job import GRID_LIMIT, decode_to_pngs, model_source_from_header, same_model
-    from titok_cli.outputs import check_output
-
     tf = load_tokens(tokens, as_stored=True)  # memory-mapped .npy: rows are read batch by batch
     source = model or model_source_from_header(tf.header)
     if source is None:

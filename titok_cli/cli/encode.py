@@ -19,7 +19,6 @@ from .common import (
     QuietOpt,
     WorkersOpt,
     at_least,
-    check_output_file,
     device_and_dtype,
     draws_progress,
     err_console,
@@ -85,11 +84,12 @@ def encode(
 
     Example:  titok encode photos/ extra.jpg -o tokens.npy --model titok-l32
     """
-    check_output_file(output, (".npy", ".npz", ".tar"), "output")
     from titok_cli import load_tokenizer
     from titok_cli.distributed import dist_info, rank_device
     from titok_cli.encode_job import encode_files
+    from titok_cli.outputs import check_output_file
 
+    check_output_file(output, (".npy", ".npz", ".tar"), "output")
     dev, dt = device_and_dtype(rank_device(device), dtype)
     rank, _ = dist_info()
     tok = load_tokenizer(model, device=dev, dtype=dt, preset=preset)
