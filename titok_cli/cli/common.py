@@ -23,13 +23,13 @@ if TYPE_CHECKING:  # pragma: no cover
 # -- option aliases, declared once ----------------------------------------------------------
 
 
-def at_least(low: int) -> Callable[[int | None], int | None]:
+def at_least(low: float) -> Callable[[Any], Any]:
     """An option callback that refuses values below `low` (`--batch-size must be >= 1`, exit 2).
 
     A callback rather than Typer's `min=`, whose help adds a raw `[x>=1]` beside the metavar.
     """
 
-    def check(value: int | None) -> int | None:
+    def check(value: Any) -> Any:
         if value is not None and value < low:
             raise typer.BadParameter(f"must be >= {low} (got {value})")
         return value
