@@ -85,3 +85,39 @@ def hub_cache(tmp_path, monkeypatch, golden):
 
 def load_meta(case_dir: Path) -> dict:
     return json.loads((case_dir / "meta.json").read_text())
+
+
+# -- legacy single-file checkpoints (issue 9.2) ---------------------------------------------------
+
+
+def legacy_copy(case_dir: Path, folder: Path, name: str) -> Path:
+    """A golden checkpoint's weights as a plain pickled state dict (what the official .bin files are)."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / name
+    torch.save(load_file(case_dir / "model.safetensors"), target)
+    return target
+
+
+@pytest.fixture()
+def tiny_preset(golden, monkeypatch):
+    """A registry with two more rows: the golden tiny legacy tokenizer and the tiny ViT generator
+    as presets, with official-style single-file names. Returns the tokenizer's entry."""
+    from titok_cli import registry
+    from titok_cli.config import read_config_file
+
+    tok = registry.ModelEntry(
+        name="titok-tiny-test", kind="tokenizer", repo=None, num_parameters=0, num_state_dict_keys=0,
+        config=read_config_file(golden / "tok_vq_legacy_tiny" / "config.json"), legacy_file="tokenizer_titok_tiny.bin",
+    )  # fmt: skip
+    gen = registry.ModelEntry(
+        name="titok-tiny-test-gen", kind="generator", repo=None, num_parameters=0, num_state_dict_keys=0,
+        config=read_config_file(golden / "gen_vit_tiny" / "config.json"), legacy_file="generator_titok_tiny.bin",
+        tokenizer=tok.name,
+    )  # fmt: skip
+    entries = {**registry._entries(), tok.name: tok, gen.name: gen}
+    monkeypatch.setattr(registry, "_entries", lambda: entries)
+    return tok
+

@@ -41,7 +41,6 @@ def encoded(tmp_path_factory, golden, images_dir):
     return out, sorted(p.name for p in images_dir.iterdir() if p.is_file())
 
 
-@pytest.mark.xfail(reason="after the merge of issue 9/10/15 branches: left for the next session, see closing note")
 def test_token_file_json_matches_the_file(encoded, golden):
     out, names = encoded
     desc = info_json(out)

@@ -120,3 +120,38 @@ def test_fid_archive(hub_cache, tmp_path):
         assert archive["labels"].tolist() == [c for c in range(10) for _ in range(2)]
     both = run("sample", "-c", "1", "--all-classes", "-o", tmp_path / "x", *PAIR)
     assert both.exit_code == 2 and "--all-classes" in both.stderr
+
+
+def test_generator_without_sampling_settings_gets_the_defaults_and_a_note(hub_cache, golden, tmp_path):
+    """Issue 15.2: a config with no sampling settings samples with the documented defaults (the
+    GeneratorConfig field defaults) and says so in one line on stderr; -q silences it, and the
+    --json document on stdout stays pure."""
+    import dataclasses
+    import shutil
+
+    from titok_cli.config import GeneratorConfig
+
+    folder = tmp_path / "my-gen"
+    shutil.copytree(golden / "gen_vit_tiny", folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model"]["generator"].pop("num_steps") == 8  # its only sampling setting
+    assert not set(GeneratorConfig.SAMPLING_KEYS) & set(config["model"]["generator"])
+    (folder / "config.json").write_text(json.dumps(config))
+    args = ("-c", "1", "-n", "1", "--model", folder, "--tokenizer", "golden/tok_vq_legacy_tiny", "--device", "cpu")
+
+    plain = run("sample", *args, "-o", tmp_path / "a")
+    assert plain.exit_code == 0, plain.output
+    lines = plain.stderr.strip().splitlines()
+    assert len(lines) == 1, plain.stderr
+    assert lines[0].startswith(f"{folder}: no official sampling settings are known")
+    assert "documented defaults" in lines[0] and "error" not in lines[0]
+    assert "no official" not in plain.stdout
+
+    as_json = run("sample", *args, "-o", tmp_path / "b", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    documented = {f.name: f.default for f in dataclasses.fields(GeneratorConfig) if f.name in GeneratorConfig.SAMPLING_KEYS}
+    assert json.loads(as_json.stdout)["sampling"] == documented  # stdout is the JSON document alone
+    assert as_json.stderr.strip() == lines[0]
+
+    quiet = run("sample", *args, "-o", tmp_path / "c", "-q")
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr

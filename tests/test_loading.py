@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
-import pickle
 import shutil
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ import titok_cli
 import titok_cli.source
 from titok_cli.errors import CheckpointError, ConfigError, HubError, UnknownModelError
 
-from .conftest import make_hub_cache
+from .conftest import legacy_copy, make_hub_cache
 
 
 def golden_tokens(golden: Path, case: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,25 +300,7 @@ def test_registry_recognises_an_official_architecture():
 
 
 def _legacy_copy(golden: Path, folder: Path, name: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / name
-    torch.save(load_file(golden / "tok_vq_legacy_tiny" / "model.safetensors"), target)
-    return target
-
-
-@pytest.fixture()
-def tiny_preset(golden, monkeypatch):
-    """A registry holding one more tokenizer: the golden tiny legacy model, with an official-style file name."""
-    from titok_cli import registry
-    from titok_cli.config import read_config_file
-
-    entry = registry.ModelEntry(
-        name="titok-tiny-test", kind="tokenizer", repo=None, num_parameters=0, num_state_dict_keys=0,
-        config=read_config_file(golden / "tok_vq_legacy_tiny" / "config.json"), legacy_file="tokenizer_titok_tiny.bin",
-    )  # fmt: skip
-    entries = {**registry._entries(), entry.name: entry}
-    monkeypatch.setattr(registry, "_entries", lambda: entries)
-    return entry
+    return legacy_copy(golden / "tok_vq_legacy_tiny", folder, name)
 
 
 def test_legacy_file_name_infers_the_preset(golden, tmp_path):

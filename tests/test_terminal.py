@@ -148,7 +148,6 @@ def test_models_table_fits_80_columns(models_screen):
     assert not screen.overflow, screen.too_wide()
 
 
-@pytest.mark.xfail(reason="after the merge of issue 9/10/15 branches: left for the next session, see closing note")
 def test_models_table_keeps_the_cached_column(models_screen):
     _, _, screen = models_screen
     header = next(line for line in screen.text.splitlines() if "name" in line)

@@ -63,7 +63,7 @@ def describe_token_file(path: str | os.PathLike) -> dict[str, Any]:
 
     from .token_file import load_tokens, manifest_path
 
-    tf = load_tokens(path)
+    tf = load_tokens(path, as_stored=True)  # the file's own dtype; a .npy stays memory-mapped
     arr = tf.tokens
     header = tf.header
     manifest = manifest_path(tf.path) if tf.path is not None else None

@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 from . import registry
 from .config import read_config_file
-from .errors import CheckpointError, ConfigError, HubError, UnknownModelError
+from .errors import CheckpointError, ConfigError, HubError, UnknownModelError, UsageError
 from .source import Source, read_provenance, recognise, repo_of_cache_folder
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -195,7 +195,28 @@ def _made(config: dict[str, Any], kind: str, entry: registry.ModelEntry | None, 
 
 
 def _preset_entry(preset: str, kind: str) -> registry.ModelEntry:
-    return _of_kind(registry.get(preset), kind)
+    entry = registry.find(preset)
+    if entry is None:
+        close = registry.close_matches(preset, kind)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UnknownModelError(
+            f"preset {preset!r} is not a known model; {hint}presets: {', '.join(registry.available_models(kind))}"
+        )
+    return _of_kind(entry, kind)
+
+
+def _check_preset_applies(text: str, path: Path) -> None:
+    """A preset describes weights that come without a config.json; anything else is refused."""
+    if (path.is_dir() and (path / "config.json").is_file()) or (path.name == "config.json" and path.is_file()):
+        raise UsageError(f"{path} has its own config.json; a preset is only for a weights file without one")
+    if path.exists():
+        return
+    spec = parse_hub_spec(text)
+    if registry.find(text) is not None or (spec is not None and spec.filename is None):
+        raise UsageError(
+            f"{text} is a known model or a Hub repo with its own config.json; a preset is only for a "
+            "single weights file (a local file or owner/name:file)"
+        )
 
 
 def _legacy_entry(filename: str, kind: str) -> registry.ModelEntry | None:
@@ -304,6 +325,8 @@ def resolve(source: str | os.PathLike, kind: str, preset: str | None = None) -> 
             "with config.json + model.safetensors, or the weights file with a preset "
             "(e.g. tokenizer_titok_l32.bin, preset titok-l32)"
         )
+    if preset is not None:
+        _check_preset_applies(text, path)
     if path.is_dir():
         return _folder(path, kind, preset)
     if path.is_file():

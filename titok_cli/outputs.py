@@ -74,3 +74,14 @@ def row_file_names(
         targets.append(PurePosixPath(*parts).with_suffix(suffix))
     seen = Counter(targets)
     return [t if seen[t] == 1 else t.with_name(f"{t.stem}_row{i}{suffix}") for i, t in enumerate(targets)]
+
+
+def check_output_file(path: Path | None, suffixes: tuple[str, ...], flag: str) -> None:
+    """UsageError for an output file with the wrong suffix, or one that names a folder."""
+    if path is None:
+        return
+    if path.suffix.lower() not in suffixes:
+        choices = ", ".join(suffixes[:-1]) + " or " + suffixes[-1] if len(suffixes) > 1 else suffixes[0]
+        raise UsageError(f"{flag} {path} must end with {choices}")
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder")

@@ -102,16 +102,6 @@ def render_batch(
     return ids.cpu().numpy(), decode_images(tok, ids)
 
 
-def check_output_file(path: Path | None, suffixes: tuple[str, ...], flag: str) -> None:
-    """UsageError for an output file with the wrong suffix, or one that names a folder."""
-    if path is None:
-        return
-    if path.suffix.lower() not in suffixes:
-        raise UsageError(f"{flag} {path} must end with {' or '.join(suffixes)}")
-    if path.is_dir():
-        raise UsageError(f"{flag} {path} is a folder")
-
-
 def check_output_folder(folder: Path) -> None:
     """`-o` names the folder the PNG files go in; refuse a file, or a name that looks like one."""
     if folder.exists() and not folder.is_dir():
@@ -182,7 +172,6 @@ __all__ = [
     "file_stem",
     "decode_images",
     "render_batch",
-    "check_output_file",
     "check_output_folder",
     "sample_pngs",
 ]

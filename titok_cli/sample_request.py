@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .errors import UsageError
-from .sample_images import Progress, SamplePlan, check_output_file, check_output_folder
+from .outputs import check_output_file
+from .sample_images import Progress, SamplePlan, check_output_folder
 from .sampling_params import SamplingParams
 from .seeds import SEED_RULE
 
@@ -28,6 +29,7 @@ class SampleRequest:
     per_class: int = 4
     folder: Path = Path("samples")  # PNG output
     model: str = "titok-l32"
+    preset: str | None = None  # architecture of a lone generator weights file
     tokenizer: str | None = None
     seed: int = 0
     overrides: Mapping[str, Any] = field(default_factory=dict)
@@ -88,8 +90,14 @@ class SampleReport:
                 "tokens": str(r.save_tokens) if r.save_tokens else None}  # fmt: skip
 
 
-def run_sample(request: SampleRequest, progress: Progress | None = None) -> SampleReport:
-    """Check `request`, load the models, render, write; `progress(done, total)` is called on rank 0."""
+def run_sample(
+    request: SampleRequest, progress: Progress | None = None, notify: Callable[[str], None] | None = None
+) -> SampleReport:
+    """Check `request`, load the models, render, write; `progress(done, total)` is called on rank 0.
+
+    `notify(line)` gets, on rank 0 and before any image is rendered, the note that a generator
+    unknown to the registry samples with its config's values and the documented defaults.
+    """
     request.check()
     from .devices import parse_dtype, pick_device
     from .distributed import dist_info, rank_device
@@ -102,11 +110,13 @@ def run_sample(request: SampleRequest, progress: Progress | None = None) -> Samp
     rank, world = dist_info() if r.npz is not None else (0, 1)
     dev = pick_device(rank_device(r.device) if r.npz is not None else r.device)
     dt = parse_dtype(r.dtype)
-    gen = load_generator(r.model, device=dev, dtype=dt)
+    gen = load_generator(r.model, device=dev, dtype=dt, preset=r.preset)
     num_classes = gen.config.condition_num_classes
     class_ids = list(range(num_classes)) if r.all_classes else resolve_classes(r.classes, num_classes)
     tok = pair_tokenizer(gen, r.tokenizer, r.model, dt)
     params = gen.sampling_params(**r.overrides)
+    if notify is not None and rank == 0 and gen.source.sampling_note:
+        notify(gen.source.sampling_note)
     report = SampleReport(request=r, generator=gen.source.describe(), tokenizer=tok.source.describe(),
                           device=str(dev), dtype=str(dt).removeprefix("torch."), classes=class_ids, params=params,
                           count=len(class_ids) * r.per_class, rank=rank, ranks=world)  # fmt: skip

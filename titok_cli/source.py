@@ -54,14 +54,15 @@ class Source:
                 "values in its config.json and the documented defaults (override them with flags)")  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
-        """JSON-ready description (token-file manifests, --json output)."""
-        return {
+        """JSON-ready description (token-file manifests, --json output); `preset` only when one was used."""
+        out = {
             "name": self.name,
             "repo": self.repo,
             "revision": self.revision,
             "local_path": self.local_path,
             "weights": str(self.weights) if self.weights else None,
         }
+        return out | ({"preset": self.preset} if self.preset else {})
 
 
 # -- recognising registry checkpoints ------------------------------------------------------------

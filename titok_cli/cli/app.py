@@ -7,12 +7,11 @@ from typing import Annotated
 import typer
 
 from . import bench, decode, download, encode, info, models, sample
-from .common import guarded, run_app
-from .help_format import TitokCommand, TitokGroup
+from .common import HelpOpt
+from .failures import guarded, run_app
 
 app = typer.Typer(
     name="titok",
-    cls=TitokGroup,
     help=(
         "TiTok, the 1-D image tokenizer: a 256x256 image in 32 tokens and back, and class-conditional "
         "generation.\n\n"
@@ -34,7 +33,7 @@ for name, command in (
     ("bench", bench.bench),
     ("info", info.info),
 ):
-    app.command(name, cls=TitokCommand)(guarded(command))
+    app.command(name)(guarded(command))
 
 
 def _show_version(value: bool) -> None:
@@ -48,8 +47,9 @@ def _show_version(value: bool) -> None:
 @app.callback()
 def root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")
+        bool, typer.Option("--version", metavar="", callback=_show_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    _help: HelpOpt = False,
 ) -> None:
     # The app's help text is set on typer.Typer above; this callback only adds --version.
     return None

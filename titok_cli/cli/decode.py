@@ -12,9 +12,11 @@ from .common import (
     DeviceOpt,
     DtypeOpt,
     GridOpt,
+    HelpOpt,
     JsonOpt,
+    OverwriteOpt,
+    PresetOpt,
     QuietOpt,
-    check_output_file,
     device_and_dtype,
     plural,
     print_json,
@@ -23,9 +25,6 @@ from .common import (
     usage_error,
     warn,
 )
-
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace what is already in the output.")]
-
 
 def decode(
     tokens: Annotated[Path, typer.Argument(metavar="TOKENS", help="Token file (.npy, .npz or .tar shard) from `titok encode`.",
@@ -37,6 +36,7 @@ def decode(
         typer.Option("--model", "-m", metavar="NAME",
                      help="Tokenizer to decode with [default: the one named in the manifest]."),
     ] = None,  # fmt: skip
+    preset: PresetOpt = None,
     grid: GridOpt = None,
     batch_size: BatchOpt = 16,
     device: DeviceOpt = "auto",
@@ -44,6 +44,7 @@ def decode(
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
+    _help: HelpOpt = False,
 ) -> None:
     """Decode a token file back to images: one PNG per row, named after its source image.
 
@@ -54,22 +55,22 @@ def decode(
 
     Example:  titok decode tokens.npy -o decoded/ --grid sheet.png
     """
-    if grid is not None:
-        check_output_file(grid, (".png",), "--grid")
+    from titok_cli import load_tokenizer, load_tokens
+    from titok_cli.decode_job import GRID_LIMIT, decode_to_pngs, model_source_from_header, same_model
+    from titok_cli.outputs import check_output, check_output_file
+
+    check_output_file(grid, (".png",), "--grid")
     if output.exists() and not output.is_dir():
         raise usage_error(f"{output} exists and is not a folder")
     dev, dt = device_and_dtype(device, dtype)
-
-    from titok_cli import load_tokenizer, load_tokens
-    from titok_cli.decode_job import GRID_LIMIT, decode_to_pngs, model_source_from_header, same_model
-    from titok_cli.outputs import check_output
-
     tf = load_tokens(tokens, as_stored=True)  # memory-mapped .npy: rows are read batch by batch
     source = model or model_source_from_header(tf.header)
     if source is None:
         raise usage_error(f"{tokens} has no manifest naming its model; pass --model")
     check_output(output, overwrite)
-    tok = load_tokenizer(source, device=dev, dtype=dt)
+    if model is None and preset is None:  # a file encoded from a lone weights file + preset
+        preset = (tf.header.get("model") or {}).get("preset")
+    tok = load_tokenizer(source, device=dev, dtype=dt, preset=preset)
     described = tok.source.describe()  # type: ignore[attr-defined]
     if model is not None and same_model(tf.header, described) is False:
         recorded = tf.header["model"]

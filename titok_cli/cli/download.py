@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import QuietOpt, note
+from .common import HelpOpt, QuietOpt, note
 
 
 def download(
@@ -16,7 +16,7 @@ def download(
         typer.Argument(metavar="NAME", help="Registry names, Hub repo ids (owner/name[@revision]) or one file "
                        "of a repo (owner/name:file).", show_default=False),
     ] = None,  # fmt: skip
-    everything: Annotated[bool, typer.Option("--all", help="Every checkpoint that has public weights.")] = False,
+    everything: Annotated[bool, typer.Option("--all", metavar="", help="Every checkpoint that has public weights.")] = False,
     revision: Annotated[
         str | None, typer.Option("--revision", metavar="REV", help="Branch, tag or commit on the Hub.")
     ] = None,
@@ -26,6 +26,7 @@ def download(
                      "instead of the Hugging Face cache.", file_okay=False, metavar="DIR"),
     ] = None,  # fmt: skip
     quiet: QuietOpt = False,
+    _help: HelpOpt = False,
 ) -> None:
     """Download checkpoints from the Hugging Face Hub and check that each file opens.
 

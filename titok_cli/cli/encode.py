@@ -12,10 +12,13 @@ from .common import (
     BatchOpt,
     DeviceOpt,
     DtypeOpt,
+    HelpOpt,
     JsonOpt,
+    OverwriteOpt,
+    PresetOpt,
     QuietOpt,
     WorkersOpt,
-    check_output_file,
+    at_least,
     device_and_dtype,
     draws_progress,
     err_console,
@@ -25,7 +28,6 @@ from .common import (
     progress_bar,
     say,
 )
-from .decode import OverwriteOpt
 
 if TYPE_CHECKING:  # pragma: no cover
     from titok_cli.encode_job import EncodeResult
@@ -48,23 +50,25 @@ def encode(
         str, typer.Option("--model", "-m", metavar="NAME",
                           help="Tokenizer: registry name, Hub repo id (owner/name[@rev]) or folder."),
     ] = "titok-l32",  # fmt: skip
+    preset: PresetOpt = None,
     batch_size: BatchOpt = 16,
     workers: WorkersOpt = DEFAULT_WORKERS,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
-    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad file and write nothing.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", metavar="", help="Stop at the first bad file and write nothing.")] = False,
     exif_transpose: Annotated[
         bool,
-        typer.Option("--exif-transpose", help="Apply EXIF orientation first (the official pipeline ignores it)."),
+        typer.Option("--exif-transpose", metavar="", help="Apply EXIF orientation first (the official pipeline ignores it)."),
     ] = False,
     shard_size: Annotated[
         int | None,
-        typer.Option("--shard-size", metavar="ROWS", min=1,
+        typer.Option("--shard-size", metavar="ROWS", callback=at_least(1),
                      help="Rows per output file: OUT-000000.npy, OUT-000001.npy, ..."),
     ] = None,  # fmt: skip
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
+    _help: HelpOpt = False,
 ) -> None:
     """Encode images into TiTok tokens: one row per image, in sorted path order.
 
@@ -72,21 +76,23 @@ def encode(
     ids [N,K] (smallest unsigned dtype that fits the codebook), VAE models float latents
     [N,C,K]. A manifest OUT.manifest.jsonl (e.g. tokens.npy.manifest.jsonl) beside the file
     records each row's source path, the model and the files that failed. Bad files are reported
-    as they are found and skipped (exit code 1). Output appears only when the run is complete;
+    as they are found and skipped (exit code 1); a single image file that cannot be read is an
+    error, as with --strict. Output appears only when the run is complete;
     an interrupted run resumes when the same command is repeated. An existing OUT is replaced
     only with --overwrite (the same command again reports it as done). Under torchrun every
     rank takes a share and rank 0 writes the file.
 
     Example:  titok encode photos/ extra.jpg -o tokens.npy --model titok-l32
     """
-    check_output_file(output, (".npy", ".npz", ".tar"), "output")
     from titok_cli import load_tokenizer
     from titok_cli.distributed import dist_info, rank_device
     from titok_cli.encode_job import encode_files
+    from titok_cli.outputs import check_output_file
 
+    check_output_file(output, (".npy", ".npz", ".tar"), "output")
     dev, dt = device_and_dtype(rank_device(device), dtype)
     rank, _ = dist_info()
-    tok = load_tokenizer(model, device=dev, dtype=dt)
+    tok = load_tokenizer(model, device=dev, dtype=dt, preset=preset)
     hide = quiet or json_output or rank != 0
     err = err_console()
 
@@ -95,7 +101,7 @@ def encode(
 
     with progress_bar("encoding", None, hide) as update:
         result = encode_files(
-            inputs, output, tok, batch_size=batch_size, workers=workers, strict=strict,
+            inputs, output, tok, batch_size=batch_size, workers=workers, strict=strict or _one_image(inputs),
             exif_transpose=exif_transpose, shard_size=shard_size, overwrite=overwrite, on_resume=resuming,
             on_failure=lambda path, reason: err.print(f"{path}: {reason}", markup=False, highlight=False,
                                                       soft_wrap=True),
@@ -109,6 +115,12 @@ def encode(
         _print_summary(result, tok, quiet)
     if result.failures:
         raise typer.Exit(1)
+
+
+def _one_image(inputs: list[str]) -> bool:
+    """A lone image file: nothing to skip to, so a bad one fails the run with one `error:` line."""
+    path = Path(inputs[0])
+    return len(inputs) == 1 and path.suffix.lower() != ".tar" and not path.is_dir()
 
 
 def _json_summary(result: EncodeResult, tok: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .common import JsonOpt, out_console, print_json, say
+from .common import HelpOpt, JsonOpt, out_console, print_json, say
 
 
 def info(
@@ -18,6 +18,7 @@ def info(
                        "weights file (.safetensors, .bin).", show_default=False),
     ],  # fmt: skip
     json_output: JsonOpt = False,
+    _help: HelpOpt = False,
 ) -> None:
     """Describe a token file or a checkpoint without running a model.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import JsonOpt, human_count, out_console, print_json
+from .common import HelpOpt, JsonOpt, human_count, out_console, print_json
 
 
 def _cached(repo: str | None, revision: str | None) -> bool:
@@ -62,7 +62,7 @@ _SHORT_KIND = {"tokenizer (VQ)": "tok VQ", "tokenizer (VAE)": "tok VAE"}
 WIDE = 120  # from this terminal width on, the Hub repo column is shown too
 
 
-def models(json_output: JsonOpt = False) -> None:
+def models(json_output: JsonOpt = False, _help: HelpOpt = False) -> None:
     """List every known TiTok checkpoint: kind, resolution, tokens, codebook, size, cached locally?
 
     On terminals at least 120 columns wide the Hub repo is shown too (always in --json).

@@ -15,8 +15,11 @@ from .common import (
     DeviceOpt,
     DtypeOpt,
     GridOpt,
+    HelpOpt,
     JsonOpt,
+    PresetOpt,
     QuietOpt,
+    note,
     plural,
     print_json,
     progress_bar,
@@ -31,7 +34,7 @@ def sample(
                      show_default=False),
     ] = None,  # fmt: skip
     all_classes: Annotated[
-        bool, typer.Option("--all-classes", help="Every class of the generator (1000 for ImageNet).")
+        bool, typer.Option("--all-classes", metavar="", help="Every class of the generator (1000 for ImageNet).")
     ] = False,
     num: Annotated[int, typer.Option("--num", "-n", metavar="N", help="Images per class.")] = 4,
     output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Folder for the PNG files.")] = Path(
@@ -41,6 +44,7 @@ def sample(
         str, typer.Option("--model", "-m", metavar="NAME", help="Generator: registry name (a tokenizer name picks "
                           "its generator), Hub repo id or folder.")
     ] = "titok-l32",  # fmt: skip
+    preset: PresetOpt = None,
     tokenizer: Annotated[
         str | None,
         typer.Option("--tokenizer", metavar="NAME",
@@ -70,7 +74,7 @@ def sample(
     ] = None,
     annealing: Annotated[
         bool | None,
-        typer.Option("--annealing/--no-annealing", help="Softmax temperature annealing [default: the model's].",
+        typer.Option("--annealing/--no-annealing", metavar="", help="Softmax temperature annealing [default: the model's].",
                      show_default=False),
     ] = None,  # fmt: skip
     npz: Annotated[
@@ -87,6 +91,7 @@ def sample(
     dtype: DtypeOpt = "float32",
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
+    _help: HelpOpt = False,
 ) -> None:
     """Generate images of ImageNet classes with a TiTok MaskGIT generator.
 
@@ -106,12 +111,12 @@ def sample(
                  "guidance_scale_pow": guidance_scale_pow, "randomize_temperature": temperature,
                  "softmax_temperature_annealing": annealing}  # fmt: skip
     request = SampleRequest(classes=tuple(classes or ()), all_classes=all_classes, per_class=num, folder=output,
-                            model=model, tokenizer=tokenizer, seed=seed, overrides=overrides, npz=npz, grid=grid,
+                            model=model, preset=preset, tokenizer=tokenizer, seed=seed, overrides=overrides, npz=npz, grid=grid,
                             save_tokens=save_tokens, batch_size=batch_size, device=device, dtype=dtype)  # fmt: skip
     request.check()  # usage errors before the progress display starts
     what = "sampling batches" if npz is not None else "sampling"
     with progress_bar(what, None, quiet or json_output) as update:
-        report = run_sample(request, progress=update)
+        report = run_sample(request, progress=update, notify=lambda line: note(line, quiet))
     if report.rank != 0:
         return
     if json_output:
