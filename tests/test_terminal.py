@@ -170,3 +170,5 @@ def test_encode_shows_its_summary_at_80_columns(tmp_path):
     assert summary == [f"{images} images -> X.npy (8 tokens each), 0 failed"], screen.text
     assert (tmp_path / "work" / "X.npy").is_file()
     assert not screen.overflow, screen.too_wide()
+    frames = _CSI.sub(b"", raw).decode("utf-8", "replace")  # the bar is transient: look at what was drawn
+    assert re.search(r"encoding .*\d+/\d+.* eta ", frames), frames[-2000:]  # count, rate, elapsed and ETA

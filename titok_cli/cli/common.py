@@ -160,20 +160,40 @@ def draws_progress(quiet: bool) -> bool:
     return not quiet and err_console().is_terminal
 
 
+class ProgressHandle:
+    """What `progress_bar` yields: `handle(done, total)` moves the bar; `handle.echo(text)` prints
+    a line above it (through the bar's own console, so the bar is redrawn below, not broken)."""
+
+    def __init__(self, update: Callable[[int, int | None], None], console: "Console") -> None:
+        self._update, self._console = update, console
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        self._update(done, total)
+
+    def echo(self, text: str, style: str | None = None) -> None:
+        self._console.print(text, markup=False, highlight=False, soft_wrap=True, style=style)
+
+
 @contextmanager
-def progress_bar(
-    description: str, total: int | None, quiet: bool = False
-) -> Iterator[Callable[[int, int | None], None]]:
-    """Yield `update(done, total)`; draws a bar on stderr only when stderr is a terminal."""
+def progress_bar(description: str, total: int | None, quiet: bool = False) -> Iterator[ProgressHandle]:
+    """A bar on stderr with count, rate and ETA, drawn only when stderr is a terminal."""
     console = err_console()
     if not draws_progress(quiet):
-        yield lambda done, total=None: None
+        yield ProgressHandle(lambda done, total=None: None, console)
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)  # fmt: skip
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        """Items per second, as pip and tqdm show it."""
+
+        def render(self, task) -> Text:  # type: ignore[no-untyped-def]
+            return Text("" if task.speed is None else f"{task.speed:,.1f}/s", style="progress.data.speed")
 
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True,
     ) as bar:  # fmt: skip
         task = bar.add_task(description, total=total)
 
@@ -182,7 +202,7 @@ def progress_bar(
                 bar.update(task, total=new_total)
             bar.update(task, completed=done)
 
-        yield update
+        yield ProgressHandle(update, bar.console)
 
 
 # -- device, dtype ---------------------------------------------------------------------------

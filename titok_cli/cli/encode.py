@@ -21,7 +21,6 @@ from .common import (
     at_least,
     device_and_dtype,
     draws_progress,
-    err_console,
     note,
     plural,
     print_json,
@@ -94,17 +93,17 @@ def encode(
     rank, _ = dist_info()
     tok = load_tokenizer(model, device=dev, dtype=dt, preset=preset)
     hide = quiet or json_output or rank != 0
-    err = err_console()
-
-    def resuming(done: int, total: int | None) -> None:
-        note(f"resuming: {done} of {total} done" if total is not None else f"resuming: {done} inputs done", hide)
-
     with progress_bar("encoding", None, hide) as update:
+
+        def resuming(done: int, total: int | None) -> None:
+            if not hide:
+                update.echo(f"resuming: {done} of {total} done" if total is not None else f"resuming: {done} "
+                            "inputs done", style="dim")  # fmt: skip
+
         result = encode_files(
             inputs, output, tok, batch_size=batch_size, workers=workers, strict=strict or _one_image(inputs),
             exif_transpose=exif_transpose, shard_size=shard_size, overwrite=overwrite, on_resume=resuming,
-            on_failure=lambda path, reason: err.print(f"{path}: {reason}", markup=False, highlight=False,
-                                                      soft_wrap=True),
+            on_failure=lambda path, reason: update.echo(f"{path}: {reason}"),
             progress=update if draws_progress(hide) else None,  # no bar: no counting walk of the tree
         )  # fmt: skip
     if rank != 0:
