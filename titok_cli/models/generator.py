@@ -65,7 +65,7 @@ class TiTokGenerator(nn.Module):
         """Class ids [B] -> condition token ids [B] (the drop label when `drop_class`)."""
         classes = classes.to(self.device).long()
         n = self.config.condition_num_classes
-        if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= n):
+        if classes.numel() and not classes.is_meta and (int(classes.min()) < 0 or int(classes.max()) >= n):
             bad = int(classes.min()) if int(classes.min()) < 0 else int(classes.max())
             raise ValueError(f"class id {bad} is outside this generator's classes 0..{n - 1}")
         if drop_class:
