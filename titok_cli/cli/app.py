@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import bench, decode, download, encode, info, models, sample
+from . import bench, decode, download, encode, info, models, sample, train
 from .common import guarded, run_app
 from .help_format import TitokCommand, TitokGroup
 
@@ -33,6 +33,7 @@ for name, command in (
     ("sample", sample.sample),
     ("bench", bench.bench),
     ("info", info.info),
+    ("train", train.train),
 ):
     app.command(name, cls=TitokCommand)(guarded(command))
 

@@ -1,0 +1,400 @@
+"""`train_generator`: token files + a generator architecture -> a trained MaskGIT generator.
+
+RUN_DIR layout:
+  checkpoints/checkpoint-<step>.safetensors   the last `keep_checkpoints` saves (see checkpoint.py)
+  metrics.jsonl                               one JSON line per logged step
+  final/config.json + final/model.safetensors the EMA weights in Hub format (`load_generator` reads it)
+Rerunning the same call resumes from the newest checkpoint and ends with the same weights as an
+uninterrupted run (same device and thread count; `deterministic` for CUDA). A call whose settings
+differ from the checkpoint's is refused instead of silently mixing two runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..config import GeneratorConfig, generator_config_from_dict, read_config_file
+from ..distributed import barrier, dist_info, rank_device
+from ..errors import CheckpointError, ConfigError, UsageError
+from ..models.generator import TiTokGenerator
+from . import checkpoint as ckpt_io
+from .data import EpochSampler, TokenDataset
+from .ema import EMA
+from .generator_objective import MaskGITObjective, draw_step, loss_sums, model_inputs, weights_of
+from .loop import (PRECISIONS, MetricsLog, adamw, all_reduce_sum, autocast, gather_objects, memory_mb, no_sync,
+                   param_names, set_deterministic, train_mode, wrap_ddp)  # fmt: skip
+from .schedule import WarmupCosine
+
+FINAL = "final"
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How to train; defaults are the official MaskGIT trainer's (configs/training/generator/maskgit.yaml).
+
+    `batch_size` is the global batch of one optimizer step, split evenly over torchrun ranks and
+    `grad_accum` micro-batches (official: 64 per GPU x 32 GPUs = 2048). `warmup_steps` None is 2%
+    of `steps` (the official 10k of 500k)."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 2e-4
+    end_lr: float = 1e-5
+    warmup_steps: int | None = None
+    weight_decay: float = 0.03
+    beta1: float = 0.9
+    beta2: float = 0.96
+    max_grad_norm: float | None = 1.0
+    ema_decay: float = 0.999
+    seed: int = 42
+    precision: str = "float32"  # or "bf16" (autocast; weights and optimizer stay float32)
+    label_smoothing: float = 0.1
+    unmasked_weight: float = 0.1
+    class_dropout: float | None = None  # None: the generator config's class_label_dropout
+    # not part of the result:
+    device: str = "auto"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    deterministic: bool = False
+
+    RESULT_KEYS = ("steps", "batch_size", "grad_accum", "lr", "end_lr", "warmup_steps", "weight_decay", "beta1",
+                   "beta2", "max_grad_norm", "ema_decay", "seed", "precision", "label_smoothing",
+                   "unmasked_weight", "class_dropout")  # fmt: skip
+
+    def check(self) -> None:
+        """UsageError for values no run can use (before anything is loaded)."""
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.grad_accum:
+            raise UsageError(f"batch size {self.batch_size} is not a multiple of --grad-accum {self.grad_accum}")
+        if not self.lr > 0 or self.end_lr < 0:
+            raise UsageError("the learning rate must be > 0 and the end learning rate >= 0")
+        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
+            raise UsageError(f"warm-up steps must be in 0..{self.steps}, got {self.warmup_steps}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        for name in ("label_smoothing", "unmasked_weight", "ema_decay", "beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UsageError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
+        if self.class_dropout is not None and not 0.0 <= self.class_dropout <= 1.0:
+            raise UsageError(f"class dropout must be in [0, 1], got {self.class_dropout}")
+
+    def resolved(self) -> "TrainSettings":
+        warm = self.warmup_steps if self.warmup_steps is not None else round(0.02 * self.steps)
+        return replace(self, warmup_steps=warm)
+
+    def result_part(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.RESULT_KEYS}
+
+
+@dataclass
+class TrainResult:
+    """What a finished `train_generator` call reports (rank 0's view)."""
+
+    run_dir: Path
+    final: Path | None
+    steps: int
+    resumed_from: int
+    rows: int
+    world: int
+    last: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "final": str(self.final) if self.final else None, "steps": self.steps,
+                "resumed_from": self.resumed_from, "rows": self.rows, "world_size": self.world,
+                "last": self.last}  # fmt: skip
+
+
+# -- the generator to train ----------------------------------------------------------------------------
+
+
+def generator_spec(spec: str | os.PathLike) -> tuple[dict[str, Any], Path | None]:
+    """(official nested config, folder whose weights start the run or None) for --generator:
+    a registry name (architecture only), a config.json file, or a folder with config.json (+ weights)."""
+    from .. import registry
+
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{path}: no config.json in this folder")
+        has_weights = any((path / n).is_file() for n in ("model.safetensors", "pytorch_model.bin"))
+        return read_config_file(path / "config.json"), path if has_weights else None
+    if path.is_file():
+        return read_config_file(path), None
+    entry = registry.find(str(spec))
+    if entry is None:
+        if str(spec).endswith(".json") or str(spec).startswith((".", "/", "~")):
+            raise ConfigError(f"{path}: no such file or folder")
+        raise registry.unknown_model(str(spec), "generator", "a registry name, a config.json or a folder")
+    if entry.kind != "generator":
+        entry = registry.get(entry.generator) if entry.generator else entry
+    if entry.kind != "generator":
+        raise UsageError(f"{entry.name} has no generator architecture")
+    return entry.config, None
+
+
+def _init_state(init: str | os.PathLike, model: TiTokGenerator) -> tuple[dict[str, torch.Tensor], str]:
+    """Weights to start from: a training checkpoint (its model weights) or anything `load_generator` reads."""
+    from ..checkpoint import read_state_dict
+    from ..hub import resolve
+
+    path = Path(init).expanduser()
+    if path.is_file() and path.suffix == ".safetensors" and path.name.startswith("checkpoint-"):
+        return ckpt_io.read_checkpoint(path).group("model"), str(path.resolve())
+    found = resolve(init, "generator")
+    weights = found.source.weights
+    if weights is None:
+        raise CheckpointError(f"{init}: names no weights")
+    return read_state_dict(weights, model), str(weights)
+
+
+def _fingerprint(cfg: GeneratorConfig, data: TokenDataset, settings: TrainSettings, objective: MaskGITObjective,
+                 init: str | None) -> dict[str, Any]:  # fmt: skip
+    return {"generator": asdict(cfg), "data": data.identity(), "settings": settings.result_part(),
+            "objective": asdict(objective), "init": init}  # fmt: skip
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(f"{key}: {json.dumps(a)[:80]} -> {json.dumps(b)[:80]}")
+    return out
+
+
+# -- final Hub-format folder -------------------------------------------------------------------------
+
+
+def _official_config(cfg: GeneratorConfig, settings: TrainSettings, tokenizer: dict[str, Any] | None) -> dict:
+    """config.json: the generator in the official nested layout, plus what it was trained with and for."""
+    from .. import __version__
+
+    doc = cfg.to_official()
+    doc["experiment"] = {"tokenizer": tokenizer, "trained_with": f"titok-cli {__version__}"}
+    doc["optimizer"] = {"name": "adamw", "params": {"learning_rate": settings.lr, "beta1": settings.beta1,
+                        "beta2": settings.beta2, "weight_decay": settings.weight_decay}}  # fmt: skip
+    doc["lr_scheduler"] = {"scheduler": "cosine", "params": {"learning_rate": settings.lr,
+                           "warmup_steps": settings.warmup_steps, "end_lr": settings.end_lr}}  # fmt: skip
+    doc["losses"] = {"label_smoothing": settings.label_smoothing, "loss_weight_unmasked_token": settings.unmasked_weight}
+    doc["training"] = {"global_batch_size": settings.batch_size, "gradient_accumulation_steps": settings.grad_accum,
+                       "mixed_precision": settings.precision, "use_ema": True, "seed": settings.seed,
+                       "max_train_steps": settings.steps, "max_grad_norm": settings.max_grad_norm}  # fmt: skip
+    return doc
+
+
+def write_final(run_dir: Path, model: TiTokGenerator, ema: EMA, doc: dict[str, Any]) -> Path:
+    """RUN_DIR/final with the EMA weights, replaced as a whole (built beside it, then renamed)."""
+    from safetensors.torch import save_file
+
+    final = run_dir / FINAL
+    partial = run_dir / (FINAL + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    weights = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    for name, shadow in ema.shadow.items():
+        weights[name] = shadow.to(weights[name].dtype).clone()
+    save_file({k: v.cpu().contiguous() for k, v in weights.items()}, str(partial / "model.safetensors"),
+              metadata={"format": "pt"})  # fmt: skip
+    (partial / "config.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    umask = os.umask(0)
+    os.umask(umask)
+    for item in partial.iterdir():  # safetensors writes 0600; a published model gets normal permissions
+        os.chmod(item, 0o666 & ~umask)
+    if final.exists():
+        old = run_dir / (FINAL + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        partial.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        partial.rename(final)
+    return final
+
+
+# -- the job ---------------------------------------------------------------------------------------
+
+
+def train_generator(
+    tokens: Sequence[str | os.PathLike],
+    run_dir: str | os.PathLike,
+    generator: str | os.PathLike,
+    *,
+    settings: TrainSettings | None = None,
+    init: str | os.PathLike | None = None,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train the generator `generator` (registry name, config.json or folder) on `tokens`.
+
+    Starts from random weights, from the folder's weights, or from `init`; resumes when `run_dir`
+    holds a checkpoint of the same run. `on_start(info)` and `on_step(metrics)` are called on rank 0.
+    Under torchrun every rank calls this with the same arguments.
+    """
+    settings = (settings or TrainSettings())
+    settings.check()
+    settings = settings.resolved()
+    run_dir = Path(run_dir)
+    rank, world = dist_info()
+    per_rank = settings.batch_size // world
+    if settings.batch_size % world or per_rank % settings.grad_accum:
+        raise UsageError(f"batch size {settings.batch_size} does not split evenly over {world} ranks x "
+                         f"{settings.grad_accum} accumulation steps")  # fmt: skip
+    micro = per_rank // settings.grad_accum
+
+    doc, folder = generator_spec(generator)
+    try:
+        cfg = generator_config_from_dict(doc)
+    except ConfigError as exc:
+        raise ConfigError(f"{generator}: {str(exc).removeprefix('config.json: ')}") from None
+    data = TokenDataset(tokens, need_labels=True)
+    data.check_model(cfg.image_seq_len, cfg.codebook_size, cfg.condition_num_classes)
+    objective = MaskGITObjective.for_config(cfg, label_smoothing=settings.label_smoothing,
+                                            unmasked_weight=settings.unmasked_weight,
+                                            **({} if settings.class_dropout is None else
+                                               {"class_dropout": settings.class_dropout}))  # fmt: skip
+
+    from ..devices import pick_device
+
+    device = pick_device(rank_device(settings.device))
+    set_deterministic(settings.deterministic)
+    ckpt_io.seed_everything(settings.seed)  # the same initial weights on every rank
+    model = TiTokGenerator.from_config(cfg).to(device)
+    init_from = init if init is not None else folder
+    init_id = None
+    if init_from is not None:
+        from ..checkpoint import load_into
+
+        state, init_id = _init_state(init_from, model)
+        load_into(model, state, init_id)
+        model.to(device)
+    fingerprint = _fingerprint(cfg, data, settings, objective, init_id)
+
+    optimizer = adamw(model, settings.lr, (settings.beta1, settings.beta2), settings.weight_decay)
+    names = param_names(model)
+    ema = EMA(model, settings.ema_decay)
+    schedule = WarmupCosine(settings.lr, settings.steps, settings.warmup_steps, settings.end_lr)
+    sampler = EpochSampler(len(data), settings.batch_size, settings.seed)
+    ckpt_dir = run_dir / CHECKPOINTS
+
+    start = 0
+    latest = ckpt_io.latest_checkpoint(ckpt_dir)
+    if latest is not None:
+        diff = _differences(latest.meta.get("fingerprint", {}), fingerprint)
+        if diff:
+            raise UsageError(f"{run_dir} holds a run with other settings ({'; '.join(diff[:4])}); rerun with "
+                             "the same arguments to resume it, or choose another output folder")  # fmt: skip
+        model.load_state_dict(latest.group("model"))
+        ema.load(latest.group("ema"), latest.meta["ema_updates"])
+        ckpt_io.load_optimizer_state(optimizer, names, latest.group("optim"), latest.meta["optimizer"])
+        saved_world = latest.meta.get("world_size")
+        rng = latest.group(f"rng.{rank}")
+        if saved_world == world and rng:
+            ckpt_io.set_rng_state(rng, latest.meta["rng"][rank])
+        else:  # another number of ranks: dropout noise cannot continue exactly
+            ckpt_io.seed_everything(settings.seed + 7919 * rank + latest.step)
+        start = latest.step
+    else:
+        ckpt_io.seed_everything(settings.seed + 7919 * rank)  # each rank its own dropout noise
+
+    train_model = wrap_ddp(model, device, world)
+    log = MetricsLog(run_dir / METRICS, start) if rank == 0 else None
+    info = {"rows": len(data), "steps": settings.steps, "resumed_from": start, "world_size": world,
+            "device": str(device), "global_batch": settings.batch_size, "micro_batch": micro,
+            "tokenizer": data.facts.tokenizer}  # fmt: skip
+    if rank == 0 and on_start is not None:
+        on_start(info)
+
+    last: dict[str, Any] = {}
+    k = cfg.image_seq_len
+    try:
+        with train_mode(model):
+            for step in range(start, settings.steps):
+                t0 = time.perf_counter()
+                lr = schedule.apply(optimizer, step)
+                rows = sampler.global_batch_indices(step)  # (G,)
+                draws = draw_step(settings.seed, step, settings.batch_size, k, objective.class_dropout)
+                total_weight = float(weights_of(draws.masks, objective.unmasked_weight).sum()) + 1e-8
+                mine = EpochSampler.shard(rows, rank, world)
+                rows, draws = rows[mine], draws.rows(mine)
+                sums = torch.zeros(3, dtype=torch.float64)
+                for m in range(settings.grad_accum):
+                    part = slice(m * micro, (m + 1) * micro)
+                    ids, labels = data.rows(rows[part])
+                    ids_t, labels_t = torch.from_numpy(ids), torch.from_numpy(labels)  # (B, K), (B,)
+                    d = draws.rows(part)
+                    masked, cond = model_inputs(ids_t, labels_t, d, cfg)
+                    masked, cond, ids_t, masks = masked.to(device), cond.to(device), ids_t.to(device), d.masks.to(device)
+                    with no_sync(train_model, m < settings.grad_accum - 1), autocast(device, settings.precision):
+                        logits = train_model(masked, cond)  # (B, K, V)
+                        ce_sum, hits, count = loss_sums(logits, ids_t, masks, objective)
+                        # DDP averages gradients over ranks: scale by `world` so the sum over ranks
+                        # and micro-batches is the global batch's weighted mean.
+                        loss = ce_sum * (world / total_weight)
+                    loss.backward()
+                    sums += torch.stack([ce_sum.detach().double().cpu(), hits.double().cpu(), count.double().cpu()])
+                if settings.max_grad_norm is not None:
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm))
+                else:
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                ema.update(model)
+                sums = all_reduce_sum(sums.to(device) if device.type == "cuda" else sums).cpu()
+                done = step + 1
+                seconds = time.perf_counter() - t0
+                last = {"step": done, "loss": float(sums[0] / total_weight),
+                        "masked_accuracy": float(sums[1] / max(1.0, float(sums[2]))), "lr": lr,
+                        "grad_norm": grad_norm, "epoch": round(sampler.epoch_of(done), 4),
+                        "tokens_per_s": round(settings.batch_size * k / seconds, 1),
+                        "steps_per_s": round(1.0 / seconds, 3), "memory_mb": round(memory_mb(device), 1)}  # fmt: skip
+                if log is not None and (done % settings.log_every == 0 or done == settings.steps):
+                    log.write(last)
+                if rank == 0 and on_step is not None:
+                    on_step(last)
+                if done % settings.checkpoint_every == 0 or done == settings.steps:
+                    _save(ckpt_dir, done, model, ema, optimizer, names, fingerprint, settings, world, rank)
+    finally:
+        if log is not None:
+            log.close()
+
+    final = None
+    if rank == 0:
+        final = write_final(run_dir, model, ema, _official_config(cfg, settings, data.facts.tokenizer))
+    barrier()
+    return TrainResult(run_dir, final, settings.steps, start, len(data), world, last, rank)
+
+
+def _save(folder: Path, step: int, model: TiTokGenerator, ema: EMA, optimizer: torch.optim.Optimizer,
+          names: dict[int, str], fingerprint: dict, settings: TrainSettings, world: int, rank: int) -> None:  # fmt: skip
+    """Rank 0 writes the checkpoint, with every rank's RNG state gathered to it."""
+    rng_all = gather_objects(ckpt_io.rng_state())
+    if rank == 0:
+        tensors: dict[str, torch.Tensor] = {}
+        tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
+        tensors.update({f"ema.{k}": v for k, v in ema.state_tensors().items()})
+        opt_tensors, opt_meta = ckpt_io.optimizer_state(optimizer, names)
+        tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
+        for r, (rng_t, _) in enumerate(rng_all):
+            tensors.update({f"rng.{r}.{k}": v for k, v in rng_t.items()})
+        meta = {"fingerprint": fingerprint, "ema_updates": ema.updates, "optimizer": opt_meta,
+                "rng": [m for _, m in rng_all], "world_size": world,
+                "data_position": {"samples_seen": step * settings.batch_size, "seed": settings.seed}}  # fmt: skip
+        ckpt_io.write_checkpoint(folder, ckpt_io.Checkpoint(step, tensors, meta), keep=settings.keep_checkpoints)
+    barrier()
