@@ -13,12 +13,22 @@ from safetensors.torch import load_file
 import titok_cli
 from titok_cli.errors import TokenFileError, UsageError
 from titok_cli.token_writers import save_tokens
-from titok_cli.training.generator_job import TrainSettings, train_generator
+from titok_cli.training import TrainSettings, train_generator
+from titok_cli.training.checkpoint import read_checkpoint
 from titok_cli.training.loop import MetricsLog
 
 from .training_helpers import GENERATOR, TOKENIZER, make_token_set, tiny_config, titok
 
 QUICK = dict(batch_size=16, lr=3e-3, warmup_steps=2, device="cpu")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models train faster on one thread, and the machine is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +90,31 @@ def test_accumulation_does_not_change_the_update(token_set, tmp_path):
             torch.testing.assert_close(other[key], value, rtol=1e-5, atol=1e-6)
 
 
+def test_init_weights_start_the_run(trained, token_set, tmp_path):
+    run, _ = trained
+    ema_weights = load_file(str(run / "final" / "model.safetensors"))
+    raw_weights = read_checkpoint(run / "checkpoints" / "checkpoint-00000060.safetensors").group("model")
+    assert not torch.equal(raw_weights["model.lm_head.weight"], ema_weights["model.lm_head.weight"])
+    # one step at lr 0 (warm-up starts at 0) leaves the weights as they started, and EMA copies them
+    one_step = TrainSettings(steps=1, **{**QUICK, "warmup_steps": 1})
+    for how, kwargs in (("folder", {"generator": run / "final"}),
+                        ("init", {"generator": GENERATOR, "init": run / "final"}),
+                        ("checkpoint", {"generator": GENERATOR,
+                                        "init": run / "checkpoints" / "checkpoint-00000060.safetensors"})):  # fmt: skip
+        train_generator([token_set], tmp_path / how, settings=one_step, **kwargs)
+        got = load_file(str(tmp_path / how / "final" / "model.safetensors"))
+        start = raw_weights if how == "checkpoint" else ema_weights  # a checkpoint starts from its raw weights
+        for key in start:
+            assert torch.equal(got[key], start[key]), (how, key)
+
+
+def test_the_uvit_generator_trains(token_set, tmp_path, golden):
+    result = train_generator([token_set], tmp_path / "uvit", golden / "gen_uvit_tiny" / "config.json",
+                             settings=TrainSettings(steps=3, **QUICK))  # fmt: skip
+    assert np.isfinite(result.last["loss"])
+    assert titok_cli.load_generator(result.final).config.model_type == "UViT"
+
+
 def test_bf16_autocast_trains_on_the_cpu(token_set, tmp_path):
     result = train_generator([token_set], tmp_path / "bf16", GENERATOR,
                              settings=TrainSettings(steps=3, precision="bf16", **QUICK))  # fmt: skip
@@ -110,6 +145,7 @@ def _copy_with(token_set: Path, out: Path, *, model: dict | None = None, labels:
         ("token_count", "rows of 8 tokens, but the generator models 16"),
         ("classes", "class label 6 is outside the generator's classes 0..4"),
         ("latents", "continuous VAE latents"),
+        ("registry", "rows of 8 tokens, but the generator models 32"),
     ],
 )
 def test_bad_inputs_are_refused_before_training(token_set, tmp_path, case, message):
@@ -130,6 +166,8 @@ def test_bad_inputs_are_refused_before_training(token_set, tmp_path, case, messa
         config.write_text(json.dumps(doc))
     elif case == "classes":
         config = tiny_config(tmp_path, condition_num_classes=5)
+    elif case == "registry":
+        config = "titok-l32"  # a tokenizer's name picks its generator: the official L-32 architecture
     elif case == "latents":
         tf = titok_cli.load_tokens(token_set)
         files = [tmp_path / "lat.npy"]
@@ -148,6 +186,7 @@ def test_a_run_folder_of_another_run_is_refused(trained, token_set):
 # -- the command ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_trains_resumes_when_done_and_the_result_samples(token_set, tmp_path):
     run = tmp_path / "run"
     args = ["train", str(token_set), "-o", str(run), "--generator", str(GENERATOR / "config.json"), "--steps", "6",

@@ -19,7 +19,7 @@ common.RESUMABLE.setdefault("train", lambda kwargs: True)
 
 
 def train(
-    tokens: Annotated[list[Path], typer.Argument(metavar="TOKENS...", help="Token files written by `titok encode` "
+    tokens: Annotated[list[Path], typer.Argument(metavar="TOKENS", help="Token files written by `titok encode` "
                                                  "(.npy/.npz/.tar with labels), all from one tokenizer.",
                                                  show_default=False)],  # fmt: skip
     output: Annotated[Path, typer.Option("--output", "-o", metavar="RUN_DIR", show_default=False,
@@ -54,10 +54,10 @@ def train(
     """Train a class-conditional MaskGIT generator on tokens, with the official objective.
 
     Rerun the same command to resume from the last checkpoint; start it under torchrun for
-    DistributedDataParallel. The result, RUN_DIR/final, loads like any generator.
+    DistributedDataParallel. The result, RUN_DIR/final, loads like any generator:
+    titok sample --model run/final --tokenizer titok-l32 --class 207.
 
     Example:  titok train tokens.npz -o run/ --generator titok-l32-gen --steps 20000
-    then      titok sample --model run/final --tokenizer titok-l32 --class 207
     """
     from titok_cli.training.generator_job import TrainSettings, train_generator
 

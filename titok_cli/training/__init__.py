@@ -9,4 +9,25 @@ The generic parts know nothing about generators:
 The generator-specific parts:
   generator_objective.py  the official MaskGIT objective (arccos masking, label dropout, loss)
   generator_job.py        `train_generator`: token files + a generator config -> RUN_DIR/final
+
+    from titok_cli.training import TrainSettings, train_generator
+    result = train_generator(["tokens.npz"], "run", "titok-l32-gen", settings=TrainSettings(steps=20_000))
+    gen = titok_cli.load_generator(result.final)
 """
+
+from __future__ import annotations
+
+_LAZY = {"TrainSettings": "generator_job", "TrainResult": "generator_job", "train_generator": "generator_job"}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -58,6 +58,14 @@ def list_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def remove_partials(folder: str | Path) -> None:
+    """Delete temp files a killed run left mid-write (never a complete checkpoint)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.glob(".checkpoint-*.partial*"):
+            p.unlink(missing_ok=True)
+
+
 def write_checkpoint(folder: str | Path, ckpt: Checkpoint, keep: int | None = None) -> Path:
     """Write `ckpt` atomically as folder/checkpoint-<step>.safetensors; keep only the newest `keep`."""
     from safetensors.torch import save_file

@@ -204,7 +204,7 @@ def write_final(run_dir: Path, model: TiTokGenerator, ema: EMA, doc: dict[str, A
     from safetensors.torch import save_file
 
     final = run_dir / FINAL
-    partial = run_dir / (FINAL + ".partial")
+    partial, old = run_dir / (FINAL + ".partial"), run_dir / (FINAL + ".old")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     weights = {n: t.detach().clone() for n, t in model.state_dict().items()}
@@ -217,14 +217,11 @@ def write_final(run_dir: Path, model: TiTokGenerator, ema: EMA, doc: dict[str, A
     os.umask(umask)
     for item in partial.iterdir():  # safetensors writes 0600; a published model gets normal permissions
         os.chmod(item, 0o666 & ~umask)
+    shutil.rmtree(old, ignore_errors=True)
     if final.exists():
-        old = run_dir / (FINAL + ".old")
-        shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
-        partial.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        partial.rename(final)
+    partial.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -294,6 +291,8 @@ def train_generator(
     ckpt_dir = run_dir / CHECKPOINTS
 
     start = 0
+    if rank == 0:
+        ckpt_io.remove_partials(ckpt_dir)
     latest = ckpt_io.latest_checkpoint(ckpt_dir)
     if latest is not None:
         diff = _differences(latest.meta.get("fingerprint", {}), fingerprint)
