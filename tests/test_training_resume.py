@@ -74,7 +74,7 @@ def test_kill_9_then_rerun_ends_with_the_same_weights(token_set, tmp_path):
     ]
 
 
-def test_torchrun_two_ranks_match_one_process(token_set, tmp_path):
+def test_torchrun_two_ranks_with_accumulation_match_one_process(token_set, tmp_path):
     pytest.importorskip("torch.distributed")
     config = str(tiny_config(tmp_path, dropout=0.0, attn_drop=0.0))  # dropout noise is per rank by design
     args = ["train", str(token_set), "--generator", config, "--steps", "5", "-b", "8", "--lr", "3e-3",
@@ -84,8 +84,9 @@ def test_torchrun_two_ranks_match_one_process(token_set, tmp_path):
     one = subprocess.run([sys.executable, "-m", "titok_cli", *args, str(tmp_path / "one")], env=env,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert one.returncode == 0, one.stderr
+    # 2 ranks x 2 accumulated micro-batches of 2 rows: the same global batch of 8
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29583",
-           "-m", "titok_cli", *args, str(tmp_path / "two")]  # fmt: skip
+           "-m", "titok_cli", *args, str(tmp_path / "two"), "--grad-accum", "2"]  # fmt: skip
     two = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = _weights(tmp_path / "two"), _weights(tmp_path / "one")

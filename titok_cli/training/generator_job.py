@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from ..config import GeneratorConfig, generator_config_from_dict, read_config_file
@@ -320,49 +321,53 @@ def train_generator(
     if rank == 0 and on_start is not None:
         on_start(info)
 
-    last: dict[str, Any] = {}
     k = cfg.image_seq_len
+
+    def micro_batch(rows: np.ndarray, draws, total_weight: float, sync: bool) -> torch.Tensor:
+        """Forward and backward of one micro-batch; returns (weighted CE sum, hits, masked count)."""
+        ids, labels = (torch.from_numpy(x) for x in data.rows(rows))  # (B, K), (B,)
+        masked, cond = model_inputs(ids, labels, draws, cfg)  # (B, K), (B,)
+        masked, cond, ids, masks = (t.to(device) for t in (masked, cond, ids, draws.masks))
+        with no_sync(train_model, not sync):
+            with autocast(device, settings.precision):
+                logits = train_model(masked, cond)  # (B, K, V)
+                ce_sum, hits, count = loss_sums(logits, ids, masks, objective)
+            # DDP averages gradients over ranks: scaling by `world` makes the sum over ranks and
+            # micro-batches the weighted mean over the global batch.
+            (ce_sum * (world / total_weight)).backward()
+        return torch.stack([ce_sum.detach().double().cpu(), hits.double().cpu(), count.double().cpu()])
+
+    def one_step(step: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        lr = schedule.apply(optimizer, step)
+        rows = sampler.global_batch_indices(step)  # (G,)
+        draws = draw_step(settings.seed, step, settings.batch_size, k, objective.class_dropout)
+        total_weight = float(weights_of(draws.masks, objective.unmasked_weight).sum()) + 1e-8
+        mine = EpochSampler.shard(rows, rank, world)
+        rows, draws = rows[mine], draws.rows(mine)
+        sums = torch.zeros(3, dtype=torch.float64)  # weighted CE, masked hits, masked count
+        for m in range(settings.grad_accum):
+            part = slice(m * micro, (m + 1) * micro)
+            sums += micro_batch(rows[part], draws.rows(part), total_weight, sync=m == settings.grad_accum - 1)
+        clip = settings.max_grad_norm if settings.max_grad_norm is not None else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(model)
+        sums = all_reduce_sum(sums.to(device) if device.type == "cuda" else sums).cpu()
+        seconds = time.perf_counter() - t0
+        return {"step": step + 1, "loss": float(sums[0] / total_weight),
+                "masked_accuracy": float(sums[1] / max(1.0, float(sums[2]))), "lr": lr, "grad_norm": grad_norm,
+                "epoch": round(sampler.epoch_of(step + 1), 4),
+                "tokens_per_s": round(settings.batch_size * k / seconds, 1), "steps_per_s": round(1.0 / seconds, 3),
+                "memory_mb": round(memory_mb(device), 1)}  # fmt: skip
+
+    last: dict[str, Any] = {}
     try:
         with train_mode(model):
             for step in range(start, settings.steps):
-                t0 = time.perf_counter()
-                lr = schedule.apply(optimizer, step)
-                rows = sampler.global_batch_indices(step)  # (G,)
-                draws = draw_step(settings.seed, step, settings.batch_size, k, objective.class_dropout)
-                total_weight = float(weights_of(draws.masks, objective.unmasked_weight).sum()) + 1e-8
-                mine = EpochSampler.shard(rows, rank, world)
-                rows, draws = rows[mine], draws.rows(mine)
-                sums = torch.zeros(3, dtype=torch.float64)
-                for m in range(settings.grad_accum):
-                    part = slice(m * micro, (m + 1) * micro)
-                    ids, labels = data.rows(rows[part])
-                    ids_t, labels_t = torch.from_numpy(ids), torch.from_numpy(labels)  # (B, K), (B,)
-                    d = draws.rows(part)
-                    masked, cond = model_inputs(ids_t, labels_t, d, cfg)
-                    masked, cond, ids_t, masks = masked.to(device), cond.to(device), ids_t.to(device), d.masks.to(device)
-                    with no_sync(train_model, m < settings.grad_accum - 1), autocast(device, settings.precision):
-                        logits = train_model(masked, cond)  # (B, K, V)
-                        ce_sum, hits, count = loss_sums(logits, ids_t, masks, objective)
-                        # DDP averages gradients over ranks: scale by `world` so the sum over ranks
-                        # and micro-batches is the global batch's weighted mean.
-                        loss = ce_sum * (world / total_weight)
-                    loss.backward()
-                    sums += torch.stack([ce_sum.detach().double().cpu(), hits.double().cpu(), count.double().cpu()])
-                if settings.max_grad_norm is not None:
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm))
-                else:
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                ema.update(model)
-                sums = all_reduce_sum(sums.to(device) if device.type == "cuda" else sums).cpu()
-                done = step + 1
-                seconds = time.perf_counter() - t0
-                last = {"step": done, "loss": float(sums[0] / total_weight),
-                        "masked_accuracy": float(sums[1] / max(1.0, float(sums[2]))), "lr": lr,
-                        "grad_norm": grad_norm, "epoch": round(sampler.epoch_of(done), 4),
-                        "tokens_per_s": round(settings.batch_size * k / seconds, 1),
-                        "steps_per_s": round(1.0 / seconds, 3), "memory_mb": round(memory_mb(device), 1)}  # fmt: skip
+                last = one_step(step)
+                done = last["step"]
                 if log is not None and (done % settings.log_every == 0 or done == settings.steps):
                     log.write(last)
                 if rank == 0 and on_step is not None:
