@@ -177,6 +177,14 @@ def test_bad_inputs_are_refused_before_training(token_set, tmp_path, case, messa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("bad", [{"lr": float("nan")}, {"max_grad_norm": float("inf")}, {"weight_decay": -1.0},
+                                 {"batch_size": 6, "grad_accum": 4}, {"warmup_steps": 99}, {"precision": "fp8"}])
+def test_settings_no_run_can_use_are_usage_errors(token_set, tmp_path, bad):
+    with pytest.raises(UsageError):
+        train_generator([token_set], tmp_path / "run", GENERATOR, settings=TrainSettings(steps=2, **{**QUICK, **bad}))
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_run_folder_of_another_run_is_refused(trained, token_set):
     run, _ = trained
     with pytest.raises(UsageError, match=r"other settings \(settings.lr: 0.003 -> 0.001"):

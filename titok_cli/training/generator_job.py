@@ -12,6 +12,7 @@ differ from the checkpoint's is refused instead of silently mixing two runs.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -81,8 +82,12 @@ class TrainSettings:
                 raise UsageError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.batch_size % self.grad_accum:
             raise UsageError(f"batch size {self.batch_size} is not a multiple of --grad-accum {self.grad_accum}")
-        if not self.lr > 0 or self.end_lr < 0:
-            raise UsageError("the learning rate must be > 0 and the end learning rate >= 0")
+        if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.end_lr) and self.end_lr >= 0):
+            raise UsageError("the learning rate must be > 0 and the end learning rate >= 0 (finite numbers)")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UsageError(f"weight decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise UsageError(f"max grad norm must be a finite number > 0 (or off), got {self.max_grad_norm}")
         if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
             raise UsageError(f"warm-up steps must be in 0..{self.steps}, got {self.warmup_steps}")
         if self.precision not in PRECISIONS:
@@ -193,7 +198,8 @@ def _official_config(cfg: GeneratorConfig, settings: TrainSettings, tokenizer: d
                         "beta2": settings.beta2, "weight_decay": settings.weight_decay}}  # fmt: skip
     doc["lr_scheduler"] = {"scheduler": "cosine", "params": {"learning_rate": settings.lr,
                            "warmup_steps": settings.warmup_steps, "end_lr": settings.end_lr}}  # fmt: skip
-    doc["losses"] = {"label_smoothing": settings.label_smoothing, "loss_weight_unmasked_token": settings.unmasked_weight}
+    doc["losses"] = {"label_smoothing": settings.label_smoothing,
+                     "loss_weight_unmasked_token": settings.unmasked_weight}  # fmt: skip
     doc["training"] = {"global_batch_size": settings.batch_size, "gradient_accumulation_steps": settings.grad_accum,
                        "mixed_precision": settings.precision, "use_ema": True, "seed": settings.seed,
                        "max_train_steps": settings.steps, "max_grad_norm": settings.max_grad_norm}  # fmt: skip
