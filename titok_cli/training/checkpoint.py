@@ -1,6 +1,8 @@
 """Training checkpoints: one safetensors file per save, written atomically, the last N kept.
 
-A checkpoint holds everything an exact resume needs:
+`TrainingState` saves and restores a run (model, EMA, optimizer, RNG of every rank), `resumable`
+finds the checkpoint to continue and refuses one of another run, `publish` writes the EMA weights
+as a Hub-format folder. A checkpoint holds everything an exact resume needs:
   tensors  `model.<key>`, `ema.<key>`, `optim.<param name>.<field>` and `rng.<rank>.<source>`
            (torch CPU, CUDA, numpy's MT19937 words), all plain tensors in safetensors;
   metadata one JSON document (safetensors' string metadata): the step, the run's fingerprint and
@@ -14,8 +16,10 @@ at any instant leaves either the previous checkpoint or the new one.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UsageError
 from ..token_file import atomic_path
+from .ema import EMA
 
 META_KEY = "titok_train"
 FORMAT = 1
@@ -185,3 +190,100 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % (1 << 32))
     random.seed(seed)
+
+
+# -- the state of a run ------------------------------------------------------------------------------
+
+
+def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`section.key: old -> new` for every top-level or second-level value that differs."""
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(f"{key}: {json.dumps(a)[:80]} -> {json.dumps(b)[:80]}")
+    return out
+
+
+def resumable(folder: str | Path, fingerprint: dict[str, Any], run_dir: str | Path) -> Checkpoint | None:
+    """The newest checkpoint of this run in `folder` (None: start fresh); UsageError when the
+    checkpoint belongs to a run with another fingerprint. Stale temp files are removed first."""
+    remove_partials(folder)
+    latest = latest_checkpoint(folder)
+    if latest is None:
+        return None
+    diff = differences(latest.meta.get("fingerprint", {}), fingerprint)
+    if diff:
+        raise UsageError(f"{run_dir} holds a run with other settings ({'; '.join(diff[:4])}); rerun with the "
+                         "same arguments to resume it, or choose another output folder")  # fmt: skip
+    return latest
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint captures and restores: model, EMA, optimizer, and every rank's RNG."""
+
+    model: torch.nn.Module
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+
+    def __post_init__(self) -> None:
+        self.names = {id(p): n for n, p in self.model.named_parameters()}
+
+    def save(self, folder: str | Path, step: int, meta: dict[str, Any], *, keep: int, rank: int = 0,
+             gather=None) -> Path | None:  # fmt: skip
+        """Collective under torchrun: every rank calls it (their RNG states go to rank 0, which
+        writes). `gather(obj) -> [obj of each rank]`; None for a single process."""
+        rng_all = gather(rng_state()) if gather is not None else [rng_state()]
+        if rank != 0:
+            return None
+        tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update({f"ema.{k}": v for k, v in self.ema.state_tensors().items()})
+        opt_tensors, opt_meta = optimizer_state(self.optimizer, self.names)
+        tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
+        for r, (rng_t, _) in enumerate(rng_all):
+            tensors.update({f"rng.{r}.{k}": v for k, v in rng_t.items()})
+        full = {**meta, "ema_updates": self.ema.updates, "optimizer": opt_meta, "rng": [m for _, m in rng_all],
+                "world_size": len(rng_all)}  # fmt: skip
+        return write_checkpoint(folder, Checkpoint(step, tensors, full), keep=keep)
+
+    def restore(self, ckpt: Checkpoint, *, rank: int = 0, world: int = 1) -> bool:
+        """Load weights, EMA, optimizer and this rank's RNG; False when the RNG could not be
+        restored (saved with another number of ranks: the caller reseeds)."""
+        self.model.load_state_dict(ckpt.group("model"))
+        self.ema.load(ckpt.group("ema"), ckpt.meta["ema_updates"])
+        load_optimizer_state(self.optimizer, self.names, ckpt.group("optim"), ckpt.meta["optimizer"])
+        rng = ckpt.group(f"rng.{rank}")
+        if ckpt.meta.get("world_size") != world or not rng:
+            return False
+        set_rng_state(rng, ckpt.meta["rng"][rank])
+        return True
+
+
+def publish(final: str | Path, model: torch.nn.Module, ema: EMA, config: dict[str, Any]) -> Path:
+    """A Hub-format folder (config.json + model.safetensors of the EMA weights) at `final`,
+    replaced as a whole: built beside it, then renamed into place."""
+    from safetensors.torch import save_file
+
+    final = Path(final)
+    partial, old = final.with_name(final.name + ".partial"), final.with_name(final.name + ".old")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    weights = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    for name, shadow in ema.shadow.items():
+        weights[name] = shadow.to(weights[name].dtype).clone()
+    save_file({k: v.cpu().contiguous() for k, v in weights.items()}, str(partial / "model.safetensors"),
+              metadata={"format": "pt"})  # fmt: skip
+    (partial / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    umask = os.umask(0)
+    os.umask(umask)
+    for item in partial.iterdir():  # safetensors writes 0600; a published model gets normal permissions
+        os.chmod(item, 0o666 & ~umask)
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    partial.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final

@@ -11,10 +11,8 @@ differ from the checkpoint's is refused instead of silently mixing two runs.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,7 +30,7 @@ from .data import EpochSampler, TokenDataset
 from .ema import EMA
 from .generator_objective import MaskGITObjective, draw_step, loss_sums, model_inputs, weights_of
 from .loop import (PRECISIONS, MetricsLog, adamw, all_reduce_sum, autocast, gather_objects, memory_mb, no_sync,
-                   param_names, set_deterministic, train_mode, wrap_ddp)  # fmt: skip
+                   set_deterministic, train_mode, wrap_ddp)  # fmt: skip
 from .schedule import WarmupCosine
 
 FINAL = "final"
@@ -174,17 +172,6 @@ def _fingerprint(cfg: GeneratorConfig, data: TokenDataset, settings: TrainSettin
             "objective": asdict(objective), "init": init}  # fmt: skip
 
 
-def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    out = []
-    for key in sorted(set(saved) | set(now)):
-        a, b = saved.get(key), now.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += [f"{key}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        elif a != b:
-            out.append(f"{key}: {json.dumps(a)[:80]} -> {json.dumps(b)[:80]}")
-    return out
-
-
 # -- final Hub-format folder -------------------------------------------------------------------------
 
 
@@ -204,32 +191,6 @@ def _official_config(cfg: GeneratorConfig, settings: TrainSettings, tokenizer: d
                        "mixed_precision": settings.precision, "use_ema": True, "seed": settings.seed,
                        "max_train_steps": settings.steps, "max_grad_norm": settings.max_grad_norm}  # fmt: skip
     return doc
-
-
-def write_final(run_dir: Path, model: TiTokGenerator, ema: EMA, doc: dict[str, Any]) -> Path:
-    """RUN_DIR/final with the EMA weights, replaced as a whole (built beside it, then renamed)."""
-    from safetensors.torch import save_file
-
-    final = run_dir / FINAL
-    partial, old = run_dir / (FINAL + ".partial"), run_dir / (FINAL + ".old")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    weights = {n: t.detach().clone() for n, t in model.state_dict().items()}
-    for name, shadow in ema.shadow.items():
-        weights[name] = shadow.to(weights[name].dtype).clone()
-    save_file({k: v.cpu().contiguous() for k, v in weights.items()}, str(partial / "model.safetensors"),
-              metadata={"format": "pt"})  # fmt: skip
-    (partial / "config.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    umask = os.umask(0)
-    os.umask(umask)
-    for item in partial.iterdir():  # safetensors writes 0600; a published model gets normal permissions
-        os.chmod(item, 0o666 & ~umask)
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    partial.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 # -- the job ---------------------------------------------------------------------------------------
@@ -291,29 +252,16 @@ def train_generator(
     fingerprint = _fingerprint(cfg, data, settings, objective, init_id)
 
     optimizer = adamw(model, settings.lr, (settings.beta1, settings.beta2), settings.weight_decay)
-    names = param_names(model)
     ema = EMA(model, settings.ema_decay)
+    state = ckpt_io.TrainingState(model, ema, optimizer)
     schedule = WarmupCosine(settings.lr, settings.steps, settings.warmup_steps, settings.end_lr)
     sampler = EpochSampler(len(data), settings.batch_size, settings.seed)
     ckpt_dir = run_dir / CHECKPOINTS
 
     start = 0
-    if rank == 0:
-        ckpt_io.remove_partials(ckpt_dir)
-    latest = ckpt_io.latest_checkpoint(ckpt_dir)
+    latest = ckpt_io.resumable(ckpt_dir, fingerprint, run_dir)
     if latest is not None:
-        diff = _differences(latest.meta.get("fingerprint", {}), fingerprint)
-        if diff:
-            raise UsageError(f"{run_dir} holds a run with other settings ({'; '.join(diff[:4])}); rerun with "
-                             "the same arguments to resume it, or choose another output folder")  # fmt: skip
-        model.load_state_dict(latest.group("model"))
-        ema.load(latest.group("ema"), latest.meta["ema_updates"])
-        ckpt_io.load_optimizer_state(optimizer, names, latest.group("optim"), latest.meta["optimizer"])
-        saved_world = latest.meta.get("world_size")
-        rng = latest.group(f"rng.{rank}")
-        if saved_world == world and rng:
-            ckpt_io.set_rng_state(rng, latest.meta["rng"][rank])
-        else:  # another number of ranks: dropout noise cannot continue exactly
+        if not state.restore(latest, rank=rank, world=world):  # another number of ranks: fresh dropout noise
             ckpt_io.seed_everything(settings.seed + 7919 * rank + latest.step)
         start = latest.step
     else:
@@ -379,32 +327,16 @@ def train_generator(
                 if rank == 0 and on_step is not None:
                     on_step(last)
                 if done % settings.checkpoint_every == 0 or done == settings.steps:
-                    _save(ckpt_dir, done, model, ema, optimizer, names, fingerprint, settings, world, rank)
+                    position = {"samples_seen": done * settings.batch_size, "seed": settings.seed}
+                    state.save(ckpt_dir, done, {"fingerprint": fingerprint, "data_position": position},
+                               keep=settings.keep_checkpoints, rank=rank, gather=gather_objects)  # fmt: skip
+                    barrier()
     finally:
         if log is not None:
             log.close()
 
     final = None
     if rank == 0:
-        final = write_final(run_dir, model, ema, _official_config(cfg, settings, data.facts.tokenizer))
+        final = ckpt_io.publish(run_dir / FINAL, model, ema, _official_config(cfg, settings, data.facts.tokenizer))
     barrier()
     return TrainResult(run_dir, final, settings.steps, start, len(data), world, last, rank)
-
-
-def _save(folder: Path, step: int, model: TiTokGenerator, ema: EMA, optimizer: torch.optim.Optimizer,
-          names: dict[int, str], fingerprint: dict, settings: TrainSettings, world: int, rank: int) -> None:  # fmt: skip
-    """Rank 0 writes the checkpoint, with every rank's RNG state gathered to it."""
-    rng_all = gather_objects(ckpt_io.rng_state())
-    if rank == 0:
-        tensors: dict[str, torch.Tensor] = {}
-        tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
-        tensors.update({f"ema.{k}": v for k, v in ema.state_tensors().items()})
-        opt_tensors, opt_meta = ckpt_io.optimizer_state(optimizer, names)
-        tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
-        for r, (rng_t, _) in enumerate(rng_all):
-            tensors.update({f"rng.{r}.{k}": v for k, v in rng_t.items()})
-        meta = {"fingerprint": fingerprint, "ema_updates": ema.updates, "optimizer": opt_meta,
-                "rng": [m for _, m in rng_all], "world_size": world,
-                "data_position": {"samples_seen": step * settings.batch_size, "seed": settings.seed}}  # fmt: skip
-        ckpt_io.write_checkpoint(folder, ckpt_io.Checkpoint(step, tensors, meta), keep=settings.keep_checkpoints)
-    barrier()
