@@ -6,16 +6,37 @@ flags, shows progress and prints the result.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable, Iterator
 
 import typer
 
 from . import common
-from .common import DeviceOpt, JsonOpt, QuietOpt, print_json, progress_bar, say
+from .common import DeviceOpt, JsonOpt, QuietOpt, draws_progress, err_console, print_json, say
 
 # An interrupted run resumes from its last checkpoint when the same command is repeated.
 common.RESUMABLE.setdefault("train", lambda kwargs: True)
+
+
+@contextmanager
+def _progress(total: int, quiet: bool) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A bar with the latest loss, masked accuracy and lr on stderr (only when it is a terminal)."""
+    if not draws_progress(quiet):
+        yield lambda metrics: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+               TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=err_console(), transient=True) as bar:
+        task = bar.add_task("training", total=total, stats="")
+
+        def update(m: dict[str, Any]) -> None:
+            stats = f"loss {m['loss']:.4f}  acc {m['masked_accuracy']:.3f}  lr {m['lr']:.2e}"
+            bar.update(task, completed=m["step"], stats=stats)
+
+        yield update
 
 
 def train(
@@ -75,10 +96,7 @@ def train(
         say(f"{info['rows']} rows, global batch {info['global_batch']} on {info['world_size']} x {info['device']}",
             quiet)  # fmt: skip
 
-    with progress_bar("training", steps, quiet) as update:
-        def stepped(m: dict[str, Any]) -> None:
-            update(m["step"], None)
-
+    with _progress(steps, quiet) as stepped:
         result = train_generator(tokens, output, generator, settings=settings, init=init,
                                  on_start=started, on_step=stepped)  # fmt: skip
     if result.rank != 0:
