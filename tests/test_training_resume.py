@@ -95,3 +95,20 @@ def test_torchrun_two_ranks_with_accumulation_match_one_process(token_set, tmp_p
     losses_two = [r["loss"] for r in MetricsLog.read(tmp_path / "two" / "metrics.jsonl")]
     losses_one = [r["loss"] for r in MetricsLog.read(tmp_path / "one" / "metrics.jsonl")]
     assert losses_two == pytest.approx(losses_one, rel=1e-5)
+
+
+def test_compiled_training_matches_eager(token_set, tmp_path):
+    from titok_cli.training import TrainSettings, train_generator
+
+    config = tiny_config(tmp_path, dropout=0.0, attn_drop=0.0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for compile_ in (False, True):
+            settings = TrainSettings(steps=3, batch_size=8, lr=3e-3, device="cpu", compile=compile_)
+            train_generator([token_set], tmp_path / str(compile_), config, settings=settings)
+    finally:
+        torch.set_num_threads(before)
+    a, b = _weights(tmp_path / "True"), _weights(tmp_path / "False")
+    for key in b:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)

@@ -68,6 +68,8 @@ def train(
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", metavar="N", min=1)] = 500,
     keep: Annotated[int, typer.Option("--keep", metavar="N", min=1, help="Checkpoints kept.")] = 2,
     deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic kernels only.")] = False,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model (slow start, faster "
+                                                "steps).")] = False,  # fmt: skip
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
@@ -86,7 +88,7 @@ def train(
                              warmup_steps=warmup_steps, weight_decay=weight_decay,
                              max_grad_norm=max_grad_norm or None, seed=seed, precision=precision,
                              device=device, checkpoint_every=checkpoint_every, keep_checkpoints=keep,
-                             deterministic=deterministic)  # fmt: skip
+                             deterministic=deterministic, compile=compile_model)  # fmt: skip
     settings.check()
     quiet = quiet or json_output
 

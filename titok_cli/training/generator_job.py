@@ -68,6 +68,7 @@ class TrainSettings:
     keep_checkpoints: int = 2
     log_every: int = 1
     deterministic: bool = False
+    compile: bool = False  # torch.compile the training forward (float rounding differs slightly from eager)
 
     RESULT_KEYS = ("steps", "batch_size", "grad_accum", "lr", "end_lr", "warmup_steps", "weight_decay", "beta1",
                    "beta2", "max_grad_norm", "ema_decay", "seed", "precision", "label_smoothing",
@@ -268,6 +269,8 @@ def train_generator(
         ckpt_io.seed_everything(settings.seed + 7919 * rank)  # each rank its own dropout noise
 
     train_model = wrap_ddp(model, device, world)
+    if settings.compile:
+        train_model = torch.compile(train_model)
     log = MetricsLog(run_dir / METRICS, start) if rank == 0 else None
     info = {"rows": len(data), "steps": settings.steps, "resumed_from": start, "world_size": world,
             "device": str(device), "global_batch": settings.batch_size, "micro_batch": micro,
