@@ -115,6 +115,20 @@ def test_the_uvit_generator_trains(token_set, tmp_path, golden):
     assert titok_cli.load_generator(result.final).config.model_type == "UViT"
 
 
+def test_sample_grids_use_the_recorded_tokenizer_and_leave_training_unchanged(token_set, tmp_path):
+    from PIL import Image
+
+    plain = tmp_path / "plain"
+    train_generator([token_set], plain, GENERATOR, settings=TrainSettings(steps=3, **QUICK))
+    run = tmp_path / "grids"
+    train_generator([token_set], run, GENERATOR, settings=TrainSettings(steps=3, sample_every=2, **QUICK))
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-00000002.png", "step-00000003.png"]
+    with Image.open(run / "samples" / "step-00000003.png") as im:
+        assert im.size == (3 * 64 + 4 * 2, 3 * 64 + 4 * 2)  # 7 classes in a 3x3 grid of 64 px images
+        assert len(np.unique(np.asarray(im.convert("L")))) > 50  # decoded pictures, not a blank sheet
+    assert (run / "final" / "model.safetensors").read_bytes() == (plain / "final" / "model.safetensors").read_bytes()
+
+
 def test_bf16_autocast_trains_on_the_cpu(token_set, tmp_path):
     result = train_generator([token_set], tmp_path / "bf16", GENERATOR,
                              settings=TrainSettings(steps=3, precision="bf16", **QUICK))  # fmt: skip

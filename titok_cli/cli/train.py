@@ -70,6 +70,10 @@ def train(
     deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic kernels only.")] = False,
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model (slow start, faster "
                                                 "steps).")] = False,  # fmt: skip
+    sample_every: Annotated[int | None, typer.Option("--sample-every", metavar="N", min=1,
+                                                     help="Write RUN_DIR/samples/step-N.png every N steps.")] = None,  # fmt: skip
+    tokenizer: Annotated[str | None, typer.Option("--tokenizer", metavar="NAME", help="Decodes the sample grids "
+                                                  "[default: the tokenizer the token files record].")] = None,  # fmt: skip
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
@@ -88,7 +92,8 @@ def train(
                              warmup_steps=warmup_steps, weight_decay=weight_decay,
                              max_grad_norm=max_grad_norm or None, seed=seed, precision=precision,
                              device=device, checkpoint_every=checkpoint_every, keep_checkpoints=keep,
-                             deterministic=deterministic, compile=compile_model)  # fmt: skip
+                             deterministic=deterministic, compile=compile_model,
+                             sample_every=sample_every)  # fmt: skip
     settings.check()
     quiet = quiet or json_output
 
@@ -99,7 +104,7 @@ def train(
             quiet)  # fmt: skip
 
     with _progress(steps, quiet) as stepped:
-        result = train_generator(tokens, output, generator, settings=settings, init=init,
+        result = train_generator(tokens, output, generator, settings=settings, init=init, tokenizer=tokenizer,
                                  on_start=started, on_step=stepped)  # fmt: skip
     if result.rank != 0:
         return

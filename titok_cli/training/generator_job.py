@@ -69,6 +69,7 @@ class TrainSettings:
     log_every: int = 1
     deterministic: bool = False
     compile: bool = False  # torch.compile the training forward (float rounding differs slightly from eager)
+    sample_every: int | None = None  # write RUN_DIR/samples/step-<N>.png every N steps (EMA weights)
 
     RESULT_KEYS = ("steps", "batch_size", "grad_accum", "lr", "end_lr", "warmup_steps", "weight_decay", "beta1",
                    "beta2", "max_grad_norm", "ema_decay", "seed", "precision", "label_smoothing",
@@ -79,6 +80,8 @@ class TrainSettings:
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.sample_every is not None and self.sample_every < 1:
+            raise UsageError(f"sample-every must be >= 1, got {self.sample_every}")
         if self.batch_size % self.grad_accum:
             raise UsageError(f"batch size {self.batch_size} is not a multiple of --grad-accum {self.grad_accum}")
         if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.end_lr) and self.end_lr >= 0):
@@ -194,6 +197,49 @@ def _official_config(cfg: GeneratorConfig, settings: TrainSettings, tokenizer: d
     return doc
 
 
+# -- periodic sample grids ------------------------------------------------------------------------
+
+
+class SampleGrid:
+    """Every N steps: images of a few classes from the EMA weights, as one PNG grid.
+
+    Each image draws its noise from its own seed (the `titok sample` rule), so sampling never
+    touches the training RNG and a resumed run stays exact."""
+
+    def __init__(self, folder: Path, tokenizer: str | os.PathLike, classes: list[int], device: torch.device) -> None:
+        from ..loading import load_tokenizer
+
+        self.folder, self.classes = folder, classes
+        self.tokenizer = load_tokenizer(tokenizer, device=device)
+
+    def write(self, step: int, model: TiTokGenerator, ema: EMA) -> Path:
+        import copy
+
+        from ..png import contact_sheet, save_png
+        from ..sample_images import decode_images
+        from ..seeds import image_seeds
+
+        frozen = copy.deepcopy(model).eval()
+        ema.copy_to(frozen)
+        classes = torch.as_tensor(self.classes, device=frozen.device)
+        ids = frozen.generate(classes, seeds=image_seeds(0, self.classes))  # (N, K)
+        path = self.folder / f"step-{step:08d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_png(contact_sheet(decode_images(self.tokenizer, ids)), path)
+        return path
+
+
+def recorded_tokenizer(data: TokenDataset) -> str:
+    """Where the token files' tokenizer can be loaded from: the folder it was read from, else its name."""
+    model = data.files[0].header.get("model") or {}
+    local = model.get("local_path")
+    if local and Path(local).exists():
+        return str(local)
+    if model.get("repo") or model.get("name"):
+        return str(model.get("repo") or model.get("name"))
+    raise UsageError("the token files do not record their tokenizer; pass it for the sample grids")
+
+
 # -- the job ---------------------------------------------------------------------------------------
 
 
@@ -204,13 +250,15 @@ def train_generator(
     *,
     settings: TrainSettings | None = None,
     init: str | os.PathLike | None = None,
+    tokenizer: str | os.PathLike | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train the generator `generator` (registry name, config.json or folder) on `tokens`.
 
     Starts from random weights, from the folder's weights, or from `init`; resumes when `run_dir`
-    holds a checkpoint of the same run. `on_start(info)` and `on_step(metrics)` are called on rank 0.
+    holds a checkpoint of the same run. `tokenizer` decodes the sample grids of `sample_every`
+    (default: the one the token files record). `on_start(info)` and `on_step(metrics)` are called on rank 0.
     Under torchrun every rank calls this with the same arguments.
     """
     settings = (settings or TrainSettings())
@@ -268,6 +316,10 @@ def train_generator(
     else:
         ckpt_io.seed_everything(settings.seed + 7919 * rank)  # each rank its own dropout noise
 
+    grid = None
+    if settings.sample_every is not None and rank == 0:
+        seen = sorted({int(c) for tf in data.files for c in np.unique(tf.labels)})[:8]
+        grid = SampleGrid(run_dir / "samples", tokenizer or recorded_tokenizer(data), seen, device)
     train_model = wrap_ddp(model, device, world)
     if settings.compile:
         train_model = torch.compile(train_model)
@@ -329,6 +381,8 @@ def train_generator(
                     log.write(last)
                 if rank == 0 and on_step is not None:
                     on_step(last)
+                if grid is not None and (done % settings.sample_every == 0 or done == settings.steps):
+                    grid.write(done, model, ema)
                 if done % settings.checkpoint_every == 0 or done == settings.steps:
                     position = {"samples_seen": done * settings.batch_size, "seed": settings.seed}
                     state.save(ckpt_dir, done, {"fingerprint": fingerprint, "data_position": position},
