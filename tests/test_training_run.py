@@ -221,7 +221,7 @@ def test_cli_trains_resumes_when_done_and_the_result_samples(token_set, tmp_path
 
     again = titok(*args, env={"OMP_NUM_THREADS": "1"})  # the same command on a finished run
     assert again.returncode == 0, again.stderr
-    assert "resuming at step 6 of 6" in again.stderr + again.stdout
+    assert "already trained (6 steps)" in again.stderr + again.stdout
     assert (run / "final" / "model.safetensors").read_bytes() == weights
 
     out = tmp_path / "samples"

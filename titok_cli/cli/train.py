@@ -98,7 +98,9 @@ def train(
     quiet = quiet or json_output
 
     def started(info: dict[str, Any]) -> None:
-        if info["resumed_from"]:
+        if info["resumed_from"] >= info["steps"]:
+            say(f"already trained ({info['steps']} steps); writing final/ again from the last checkpoint", quiet)
+        elif info["resumed_from"]:
             say(f"resuming at step {info['resumed_from']} of {info['steps']}", quiet)
         say(f"{info['rows']} rows, global batch {info['global_batch']} on {info['world_size']} x {info['device']}",
             quiet)  # fmt: skip
