@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from titok_cli.cli.app import app
 
-COMMANDS = ("models", "download", "encode", "decode", "sample", "bench", "info")
+COMMANDS = ("models", "download", "encode", "decode", "sample", "bench", "info", "train")
 # What Typer prints when a parameter has no clean metavar: `<bool>`, `<list[str]>`, `<int range>`,
 # `<path>`, `[x>=1]` ranges, and `{INPUT}` for a required argument in the usage line.
 RAW_MARKERS = re.compile(r"<[a-z][\w\[\], |.]*>|\[x?[<>]=|<=x|\{[A-Z_]+\}")

@@ -110,6 +110,9 @@ class GeneratorConfig:
             raise ConfigError("generator hidden_size is not a multiple of num_attention_heads")
         if self.guidance_decay not in GUIDANCE_DECAYS:
             raise ConfigError(f"guidance_decay {self.guidance_decay!r} is not one of {GUIDANCE_DECAYS}")
+        for key in ("dropout", "attn_drop", "class_label_dropout"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"generator {key} {getattr(self, key)} is not a probability in [0, 1]")
 
     SAMPLING_KEYS = ("num_steps", "guidance_scale", "guidance_decay", "guidance_scale_pow",
                      "randomize_temperature", "softmax_temperature_annealing")  # fmt: skip

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import bench, decode, download, encode, info, models, sample
+from . import bench, decode, download, encode, info, models, sample, train
 from .common import HelpOpt
 from .failures import guarded, run_app
 
@@ -32,6 +32,7 @@ for name, command in (
     ("sample", sample.sample),
     ("bench", bench.bench),
     ("info", info.info),
+    ("train", train.train),
 ):
     app.command(name)(guarded(command))
 

@@ -11,7 +11,10 @@ Two architectures, as in the official release:
     keys `model.embeddings.*`, `model.encoder.layer.{i}.*`, `model.lm_head.*`.
   * UViTGenerator ("UViT"): pre-norm blocks with long skips, keys `embeddings`, `pos_embed`,
     `in_blocks`, `mid_block`, `out_blocks`, `norm`, `lm_head`.
-Dropout is omitted: this is an inference library and dropout is inactive in eval mode.
+Dropout: the BERT generator has the official hidden dropout (`dropout`: after the embeddings
+and after each sublayer's dense, before its residual LayerNorm) and attention-probability dropout
+(`attn_drop`), active only in train mode and holding no state (no state-dict keys). The official
+UViT builds its blocks with dropout 0 whatever the config says, so ours has none either.
 """
 
 from __future__ import annotations
@@ -76,6 +79,12 @@ class TiTokGenerator(nn.Module):
         """ids [B,K] (may hold the mask id) + condition tokens [B] -> logits [B,K,V] (model dtype)."""
         seq = torch.cat([cond_tokens.view(-1, 1), ids], dim=1)  # (B, 1+K)
         return self.backbone(seq)  # (B, K, V)
+
+    def forward(self, ids: torch.Tensor, cond_tokens: torch.Tensor) -> torch.Tensor:
+        """The training forward (what DistributedDataParallel wraps): `forward_tokens` with autograd;
+        dropout is active in train mode. Condition tokens come from `condition_tokens` or the
+        training objective's class-label dropout."""
+        return self.forward_tokens(ids, cond_tokens)  # (B, K, V)
 
     def backbone(self, seq: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -149,12 +158,13 @@ class TiTokGenerator(nn.Module):
 class BertEmbeddings(nn.Module):
     """Word + absolute position + token-type(0) embeddings, then LayerNorm."""
 
-    def __init__(self, vocab: int, hidden: int, positions: int) -> None:
+    def __init__(self, vocab: int, hidden: int, positions: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(vocab, hidden)
         self.position_embeddings = nn.Embedding(positions, hidden)
         self.token_type_embeddings = nn.Embedding(2, hidden)
         self.LayerNorm = nn.LayerNorm(hidden, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)  # identity in eval mode; no state
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         # Checkpoints saved by older transformers carry the position_ids buffer: ignore it,
@@ -166,13 +176,16 @@ class BertEmbeddings(nn.Module):
         n = seq.shape[1]
         x = self.word_embeddings(seq)  # (B, L, H)
         x = x + self.token_type_embeddings.weight[0] + self.position_embeddings.weight[:n]  # (B, L, H)
-        return self.LayerNorm(x)
+        return self.dropout(self.LayerNorm(x))  # (B, L, H)
 
 
 class BertSelfAttention(nn.Module):
-    def __init__(self, hidden: int, heads: int) -> None:
+    """Q, K, V projections and fused attention; `attn_drop` drops attention probabilities in train mode."""
+
+    def __init__(self, hidden: int, heads: int, attn_drop: float = 0.0) -> None:
         super().__init__()
         self.heads = heads
+        self.attn_drop = attn_drop
         self.query = Linear(hidden, hidden)
         self.key = Linear(hidden, hidden)
         self.value = Linear(hidden, hidden)
@@ -183,27 +196,29 @@ class BertSelfAttention(nn.Module):
         q = self.query(x).view(shape).transpose(1, 2)  # (B, A, L, D)
         k = self.key(x).view(shape).transpose(1, 2)  # (B, A, L, D)
         v = self.value(x).view(shape).transpose(1, 2)  # (B, A, L, D)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, A, L, D)
+        p = self.attn_drop if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, A, L, D)
         return out.transpose(1, 2).reshape(b, n, h)  # (B, L, H)
 
 
 class BertResidualNorm(nn.Module):
-    """dense, then LayerNorm(out + residual): BERT's post-norm sublayer output."""
+    """dense, dropout, then LayerNorm(out + residual): BERT's post-norm sublayer output."""
 
-    def __init__(self, d_in: int, hidden: int) -> None:
+    def __init__(self, d_in: int, hidden: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.dense = Linear(d_in, hidden)
+        self.dropout = nn.Dropout(dropout)
         self.LayerNorm = nn.LayerNorm(hidden, eps=1e-12)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(x) + residual)
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)  # (B, L, H)
 
 
 class BertAttention(nn.Module):
-    def __init__(self, hidden: int, heads: int) -> None:
+    def __init__(self, hidden: int, heads: int, dropout: float = 0.0, attn_drop: float = 0.0) -> None:
         super().__init__()
-        self.self = BertSelfAttention(hidden, heads)
-        self.output = BertResidualNorm(hidden, hidden)
+        self.self = BertSelfAttention(hidden, heads, attn_drop)
+        self.output = BertResidualNorm(hidden, hidden, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output(self.self(x), x)
@@ -221,11 +236,11 @@ class BertIntermediate(nn.Module):
 class BertLayer(nn.Module):
     """Post-norm transformer layer with BERT's module names."""
 
-    def __init__(self, hidden: int, heads: int, inner: int) -> None:
+    def __init__(self, hidden: int, heads: int, inner: int, dropout: float = 0.0, attn_drop: float = 0.0) -> None:
         super().__init__()
-        self.attention = BertAttention(hidden, heads)
+        self.attention = BertAttention(hidden, heads, dropout, attn_drop)
         self.intermediate = BertIntermediate(hidden, inner)
-        self.output = BertResidualNorm(inner, hidden)
+        self.output = BertResidualNorm(inner, hidden, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.attention(x)  # (B, L, H)
@@ -233,9 +248,10 @@ class BertLayer(nn.Module):
 
 
 class BertEncoder(nn.Module):
-    def __init__(self, layers: int, hidden: int, heads: int, inner: int) -> None:
+    def __init__(self, layers: int, hidden: int, heads: int, inner: int, dropout: float = 0.0,
+                 attn_drop: float = 0.0) -> None:  # fmt: skip
         super().__init__()
-        self.layer = nn.ModuleList(BertLayer(hidden, heads, inner) for _ in range(layers))
+        self.layer = nn.ModuleList(BertLayer(hidden, heads, inner, dropout, attn_drop) for _ in range(layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layer:
@@ -248,8 +264,9 @@ class BertBackbone(nn.Module):
 
     def __init__(self, c: GeneratorConfig) -> None:
         super().__init__()
-        self.embeddings = BertEmbeddings(c.vocab_size, c.hidden_size, c.image_seq_len + 1)
-        self.encoder = BertEncoder(c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size)
+        self.embeddings = BertEmbeddings(c.vocab_size, c.hidden_size, c.image_seq_len + 1, c.dropout)
+        self.encoder = BertEncoder(c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size,
+                                   c.dropout, c.attn_drop)  # fmt: skip
         self.lm_head = Linear(c.hidden_size, c.codebook_size)
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,33 @@
+"""Training engine shared by `titok train` (MaskGIT generators) and later jobs (`titok finetune`).
+
+The generic parts know nothing about generators:
+  schedule.py    warm-up + cosine learning rate, a pure function of the optimizer step
+  ema.py         exponential moving average of the weights (the copy that gets published)
+  checkpoint.py  atomic training checkpoints (weights, EMA, optimizer, RNG, data position) and resume
+  data.py        token files -> rows + labels, and the seeded, rank-sharded, restartable sampler
+  loop.py        optimizer, accumulation, clipping, autocast, DDP, metrics: one step at a time
+The generator-specific parts:
+  generator_objective.py  the official MaskGIT objective (arccos masking, label dropout, loss)
+  generator_job.py        `train_generator`: token files + a generator config -> RUN_DIR/final
+
+    from titok_cli.training import TrainSettings, train_generator
+    result = train_generator(["tokens.npz"], "run", "titok-l32-gen", settings=TrainSettings(steps=20_000))
+    gen = titok_cli.load_generator(result.final)
+"""
+
+from __future__ import annotations
+
+_LAZY = {"TrainSettings": "generator_job", "TrainResult": "generator_job", "train_generator": "generator_job"}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,153 @@
+"""The generic parts of a training loop: optimizer groups, precision, DDP, reductions, metrics.
+
+Nothing here knows what is being trained; `generator_job` (and later jobs) compose these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+PRECISIONS = ("float32", "bf16")
+
+# Parameter names the official trainer keeps out of weight decay (besides every tensor of rank < 2).
+_NO_DECAY_PARTS = ("ln", "bias", "latent_tokens", "mask_token", "embedding", "norm", "gamma", "embed")
+
+
+def decays(name: str, param: torch.Tensor) -> bool:
+    """The official rule: weight decay only for matrices whose name has none of _NO_DECAY_PARTS."""
+    return param.ndim >= 2 and not any(part in name for part in _NO_DECAY_PARTS)
+
+
+def adamw(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over two groups (no decay, decay) as the official trainer builds it."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},
+        {"params": [p for n, p in named if decays(n, p)], "weight_decay": weight_decay},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+def param_names(model: nn.Module) -> dict[int, str]:
+    """id(parameter) -> its name (how checkpoints key optimizer state)."""
+    return {id(p): n for n, p in model.named_parameters()}
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CPU or CUDA (weights and optimizer stay float32); float32: nothing."""
+    if precision == "float32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+
+
+def set_deterministic(on: bool) -> None:
+    """Deterministic kernels (CUDA needs a fixed cuBLAS workspace, set before its first use)."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+
+
+def wrap_ddp(model: nn.Module, device: torch.device, world: int) -> nn.Module:
+    """DistributedDataParallel under torchrun (rank 0's weights are broadcast); the model itself otherwise."""
+    if world <= 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def no_sync(model: nn.Module, skip: bool) -> contextlib.AbstractContextManager:
+    """DDP's no_sync for the accumulation micro-batches before the last (no all-reduce yet)."""
+    if skip and hasattr(model, "no_sync"):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (a no-op without a process group)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.all_reduce(values)
+    return values
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj` in rank order (in-process objects only; nothing read from disk)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_flag(flag: bool) -> bool:
+    """Rank 0's `flag` on every rank."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return flag
+    box = [flag]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
+def memory_mb(device: torch.device) -> float:
+    """Peak memory so far: CUDA allocator peak on GPUs, the process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+class MetricsLog:
+    """JSON lines, one per logged step; a resumed run first drops lines past its checkpoint."""
+
+    def __init__(self, path: str | os.PathLike, resume_step: int) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if resume_step > 0 and self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        kept.append(line)
+                except (json.JSONDecodeError, AttributeError):
+                    break  # a line cut short by a crash ends the usable log
+        self.path.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    @staticmethod
+    def read(path: str | os.PathLike) -> list[dict[str, Any]]:
+        return [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+@contextlib.contextmanager
+def train_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """model.train() inside, model.eval() after (our models are built in eval mode)."""
+    model.train()
+    try:
+        yield model
+    finally:
+        model.eval()
