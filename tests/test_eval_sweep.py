@@ -174,6 +174,7 @@ def test_cli_reports_a_finished_run(sweep, golden, capsys):
         (["--steps", "8,2.5"], "--steps: '2.5' is not a valid value"),
         (["--guidance-decay", "linear,cosine"], "--guidance-decay must be one of"),
         (["--annealing", "true,maybe"], "--annealing: 'maybe' is not a valid value"),
+        (["--guidance-scale", "2,3", "-n", "3"], "1 class x 3 images per class is too few"),
     ],
 )
 def test_bad_grids_are_usage_errors(golden, tmp_path, capsys, flags, message):
@@ -185,21 +186,28 @@ def test_bad_grids_are_usage_errors(golden, tmp_path, capsys, flags, message):
 
 @pytest.mark.slow
 def test_torchrun_two_ranks_match_one_process(sweep, golden, tmp_path):
-    """Half the grid under torchrun (gloo) in a fresh folder: the same samples and numbers."""
+    """Half the grid as `titok eval sweep`, alone and under torchrun (gloo): the same samples and numbers."""
     root = sweep["root"]
+    # one thread per process in both runs, so float rounding is the same everywhere
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TITOK_DIST_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29591", "-m",
-           "titok_cli", "eval", "sweep", "--model", str(golden / "gen_vit_tiny"), "--tokenizer",
-           str(golden / "tok_vq_legacy_tiny"), "--ref", str(root / "ref.npz"), "--guidance-scale", "4",
-           "--temperature", "0,3", "--class", "0,1,2,3", "-n", "1", "--seed", "7", "--inception",
-           str(root / "inception.pth"), "-b", "2", "--device", "cpu", "-o", str(tmp_path / "run"), "--json"]  # fmt: skip
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    doc = json.loads(res.stdout)
-    one = sweep["result"].rows[2:]
-    for got, want in zip(doc["rows"], one, strict=True):
-        assert got["settings"] == want.settings
-        with np.load(got["samples"]) as a, np.load(want.samples) as b:
-            assert np.array_equal(a["arr_0"], b["arr_0"])
-        assert got["gfid"] == pytest.approx(want.result.fid, rel=1e-6)
-        assert (got["precision"], got["recall"]) == (want.result.precision, want.result.recall)
+    args = ["eval", "sweep", "--model", str(golden / "gen_vit_tiny"), "--tokenizer", str(golden / "tok_vq_legacy_tiny"),
+            "--ref", str(root / "ref.npz"), "--guidance-scale", "4", "--temperature", "0,3", "--class", "0,1,2,3",
+            "-n", "1", "--seed", "7", "--inception", str(root / "inception.pth"), "-b", "2", "--device", "cpu",
+            "--json", "-o"]  # fmt: skip
+    docs = []
+    for launcher, folder in ((["-m"], "one"), (["-m", "torch.distributed.run", "--nproc_per_node=2",
+                                                "--master_port=29591", "-m"], "two")):  # fmt: skip
+        res = subprocess.run([sys.executable, *launcher, "titok_cli", *args, str(tmp_path / folder)], env=env,
+                             capture_output=True, text=True, timeout=900)  # fmt: skip
+        assert res.returncode == 0, res.stderr[-3000:]
+        docs.append(json.loads(res.stdout))  # rank 0 alone printed
+    one, two = docs
+    assert [r["settings"] for r in two["rows"]] == [r["settings"] for r in one["rows"]] == [
+        {"guidance_scale": 4.0, "randomize_temperature": t} for t in (0.0, 3.0)]  # fmt: skip
+    for a, b in zip(one["rows"], two["rows"], strict=True):
+        with np.load(a["samples"]) as x, np.load(b["samples"]) as y:
+            assert np.array_equal(x["arr_0"], y["arr_0"])
+        assert b["gfid"] == pytest.approx(a["gfid"], rel=1e-6)
+        assert b["inception_score"] == pytest.approx(a["inception_score"], rel=1e-6)
+        assert (b["precision"], b["recall"], b["sample_count"]) == (a["precision"], a["recall"], 4)
+    assert (tmp_path / "two" / "results.csv").is_file() and (tmp_path / "two" / "gfid.png").is_file()

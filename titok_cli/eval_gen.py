@@ -3,7 +3,9 @@
 The protocol is that of guided-diffusion's evaluator (the numbers TiTok and most class-conditional
 ImageNet papers report), on the FID Inception-v3 of `quality/inception.py`:
   * images: uint8 `arr_0` (N, H, W, 3) of an `.npz`, divided by 255 in float32, resized to
-    299 x 299 bilinearly (`F.interpolate`, no antialiasing) inside the network;
+    299 x 299 bilinearly (`F.interpolate`, no antialiasing) inside the network: pytorch-fid's
+    resize. ADM's evaluator resizes inside its TF1 graph instead, so numbers differ slightly from
+    its own where images are not 299 x 299 (see quality/inception.py); TF32 is off on CUDA;
   * gFID: Fréchet distance between the pool3 statistics (float64 mean, N-1 covariance) of the
     samples and of the reference. A reference that stores `mu`/`sigma` is compared through them,
     as ADM does, even when it also holds images;
@@ -138,7 +140,7 @@ class FeatureExtractor:
         done = 0
         with _no_tf32():
             for batch in archive.iter_images(self.batch_size, start, stop):
-                out = self.model(images_to_tensor(batch.copy()).to(self.device))  # (B, 2048), (B, 1008)
+                out = self.model(images_to_tensor(batch).to(self.device))  # (B, 2048), (B, 1008)
                 feats.append(out.features.float())
                 logits.append(out.logits.float())
                 done += batch.shape[0]
@@ -276,6 +278,9 @@ def evaluate_samples(samples: str | os.PathLike | ReferenceBatch, reference: Ref
         precision = recall = None
         if reference.features is not None:
             precision, recall = precision_recall(reference.features, features, k=PR_NEIGHBOURS)
+        elif reference.holds_images:
+            notes.append(f"precision/recall need at least {PR_NEIGHBOURS + 1} reference images: "
+                         f"{reference.path.name} holds {reference.count}")  # fmt: skip
         else:
             notes.append(f"precision/recall need reference images: {reference.path.name} holds only mu/sigma")
         protocol = {**extractor.protocol(), "is_split_size": is_split_size}
@@ -302,7 +307,7 @@ def _on_rank0(compute: Callable[[], GenEvalResult]) -> GenEvalResult:
     if rank == 0:
         try:
             box[0] = ("ok", compute())
-        except TitokError as exc:  # every rank raises it, so none waits forever
+        except Exception as exc:  # noqa: BLE001 - every rank raises it, so none waits forever
             box[0] = ("error", exc)
     dist.broadcast_object_list(box, src=0)
     dist.barrier()  # no rank leaves (and tears gloo down) while another still receives

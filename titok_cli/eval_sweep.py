@@ -150,6 +150,10 @@ class SweepRequest:
             raise UsageError(f"--num must be >= 1, not {self.per_class}")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, not {self.batch_size}")
+        if self.classes and len(self.classes) * self.per_class < 4:  # k=3 neighbours need 4 points
+            n = len(self.classes)
+            raise UsageError(f"{n} class{'es' if n != 1 else ''} x {self.per_class} images per class is too few: "
+                             "gFID and precision/recall need at least 4 images per grid point")  # fmt: skip
         if not self.axes:
             raise UsageError(f"nothing to sweep: give a list of values to at least one of {', '.join(FLAGS.values())}")
         for name, values in self.axes.items():
@@ -246,7 +250,7 @@ def run_sweep(request: SweepRequest, on_point: OnPoint | None = None, progress: 
     request.check()
     from .devices import parse_dtype, pick_device
     from .distributed import barrier, dist_info, rank_device
-    from .eval_gen import IS_SPLIT_SIZE
+    from .eval_gen import IS_SPLIT_SIZE, PR_NEIGHBOURS
     from .loading import load_generator
     from .pairing import pair_tokenizer
     from .quality.fid import read_reference_npz
@@ -263,6 +267,9 @@ def run_sweep(request: SweepRequest, on_point: OnPoint | None = None, progress: 
     gen = load_generator(r.model, device=dev, dtype=dt)
     num_classes = gen.config.condition_num_classes
     class_ids = list(range(num_classes)) if r.all_classes else resolve_classes(r.classes, num_classes)
+    if len(class_ids) * r.per_class <= PR_NEIGHBOURS:
+        raise UsageError(f"{len(class_ids)} classes x {r.per_class} images per class is too few: gFID and "
+                         f"precision/recall need at least {PR_NEIGHBOURS + 1} images per grid point")  # fmt: skip
     tok = pair_tokenizer(gen, r.tokenizer, r.model, dt)
     grid = build_grid(gen.sampling_params(), r.axes)
     split = r.is_split_size or IS_SPLIT_SIZE
@@ -334,6 +341,7 @@ def _cached_reference(path: Path, extractor: FeatureExtractor, run_dir: Path, me
     import torch
 
     from .distributed import barrier, dist_info
+    from .eval_gen import PR_NEIGHBOURS
     from .quality.fid import feature_stats, read_reference_npz
     from .token_file import atomic_path
 
@@ -345,7 +353,7 @@ def _cached_reference(path: Path, extractor: FeatureExtractor, run_dir: Path, me
     if header.count is not None and feats_file.is_file() and key_file.is_file() and key_file.read_text() == key:
         features = torch.from_numpy(np.load(feats_file)) if rank == 0 else None
         stats = header.stats if header.stats is not None else (feature_stats(features) if features is not None else None)
-        if features is not None and features.shape[0] <= 3:
+        if features is not None and features.shape[0] <= PR_NEIGHBOURS:
             features = None
         return ReferenceSet(header.path, True, header.stats is not None, header.count, stats, features)
     step = None if progress is None else lambda d, n: progress("reference", d, n)
