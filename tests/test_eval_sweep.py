@@ -21,7 +21,7 @@ from PIL import Image
 import titok_cli
 import titok_cli.eval_gen as eval_gen_module
 import titok_cli.sample_job as sample_job_module
-from titok_cli.eval_sweep import PALETTE, SweepRequest, build_grid, run_sweep
+from titok_cli.eval_sweep import PALETTE, SweepRequest, SweepResult, build_grid, run_sweep
 from titok_cli.sample_job import sample_to_npz
 
 from .eval_data import write_photo_reference, write_random_inception
@@ -211,3 +211,47 @@ def test_torchrun_two_ranks_match_one_process(sweep, golden, tmp_path):
         assert b["inception_score"] == pytest.approx(a["inception_score"], rel=1e-6)
         assert (b["precision"], b["recall"], b["sample_count"]) == (a["precision"], a["recall"], 4)
     assert (tmp_path / "two" / "results.csv").is_file() and (tmp_path / "two" / "gfid.png").is_file()
+
+
+def test_interrupted_cli_sweep_says_it_resumes(golden, tmp_path, capsys, monkeypatch):
+    import titok_cli.eval_sweep as eval_sweep_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eval_sweep_module, "run_sweep", interrupted)
+    monkeypatch.delenv("TITOK_DEBUG", raising=False)
+    res = titok(capsys, "eval", "sweep", "--model", golden / "gen_vit_tiny", "--ref", tmp_path / "ref.npz",
+                "--class", "0,1,2,3", "-n", 1, "--guidance-scale", "2,3", "-o", tmp_path / "run")  # fmt: skip
+    assert res.code == 130 and res.err_lines == ["error: interrupted; rerun the same command to resume"]
+
+
+def _rows(axes: dict[str, list], fid) -> SweepResult:
+    from titok_cli.eval_gen import GenEvalResult
+    from titok_cli.eval_sweep import SweepRow
+    from titok_cli.sampling_params import SamplingParams
+
+    base = SamplingParams(8, 3.0, "linear", 3.0, 4.5, True)
+    rows = []
+    for p in build_grid(base, axes):
+        r = GenEvalResult(fid=fid(p.settings), inception_score=1.0, inception_score_std=0.0, precision=None,
+                          recall=None, sample_count=4, reference_count=None, samples="s.npz", reference="r.npz",
+                          reference_holds="statistics", reference_stats_from="file")  # fmt: skip
+        rows.append(SweepRow(p.index, p.settings, p.params.to_dict(), "s.npz", r, reused=False))
+    return SweepResult(rows, list(axes), Path("."), Path("a.csv"), Path("a.json"), Path("a.png"), "r.npz")
+
+
+def test_plot_draws_one_line_per_combination_of_the_other_settings():
+    from titok_cli.eval_sweep import plot_gfid
+
+    def colours(result):
+        found = {c for _, c in plot_gfid(result).getcolors(1 << 20)}
+        return [c for c in PALETTE if c in found]
+
+    # a text axis on x, no second axis: one line
+    one = _rows({"guidance_decay": ["constant", "linear", "power-cosine"]}, lambda s: len(s["guidance_decay"]))
+    assert colours(one) == PALETTE[:1]
+    # three axes: x is the first, one line per (second, third) pair
+    three = _rows({"guidance_scale": ["2", "3"], "randomize_temperature": ["1", "2"], "num_steps": ["4", "8", "16"]},
+                  lambda s: s["guidance_scale"] * s["randomize_temperature"] + s["num_steps"])  # fmt: skip
+    assert colours(three) == PALETTE[:6]
