@@ -44,6 +44,10 @@ class ImageError(TitokError):
         self.reason = reason
 
 
+class SampleCountError(TitokError):
+    """A sample archive whose image count differs from the count the run was meant to produce."""
+
+
 class TokenFileError(TitokError):
     """A token file (or its manifest) that is malformed or does not fit the model."""
 

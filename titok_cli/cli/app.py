@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from . import bench, decode, download, encode, info, models, sample, train
+from . import eval as eval_cli
 from .common import HelpOpt
 from .failures import guarded, run_app
 
@@ -35,6 +36,7 @@ for name, command in (
     ("train", train.train),
 ):
     app.command(name)(guarded(command))
+app.add_typer(eval_cli.eval_app, name="eval")
 
 
 def _show_version(value: bool) -> None:
