@@ -21,7 +21,9 @@ from PIL import Image
 import titok_cli
 import titok_cli.eval_gen as eval_gen_module
 import titok_cli.sample_job as sample_job_module
-from titok_cli.eval_sweep import PALETTE, SweepRequest, SweepResult, build_grid, run_sweep
+from titok_cli.eval_sweep import SweepRequest, SweepResult, run_sweep
+from titok_cli.sweep_grid import build_grid
+from titok_cli.sweep_plot import PALETTE, plot_gfid
 from titok_cli.sample_job import sample_to_npz
 
 from .eval_data import write_photo_reference, write_random_inception
@@ -242,7 +244,6 @@ def _rows(axes: dict[str, list], fid) -> SweepResult:
 
 
 def test_plot_draws_one_line_per_combination_of_the_other_settings():
-    from titok_cli.eval_sweep import plot_gfid
 
     def colours(result):
         found = {c for _, c in plot_gfid(result).getcolors(1 << 20)}
