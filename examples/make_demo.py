@@ -88,8 +88,21 @@ def build(out: Path, shared: Path) -> dict[str, Path]:
                                     ("config.json", "model.safetensors"))  # fmt: skip
     shutil.copytree(shared / "images", out / "images")
     broken_folder(out / "broken", shared / "images")
+    class_folders(out / "classes", shared / "images")
     (out / "examples").symlink_to(ROOT / "examples")
     return snapshots
+
+
+def class_folders(dest: Path, photos: Path) -> None:
+    """ImageNet-style class folders (tench = 0, goldfish = 1), each photo also mirrored: a tiny labelled set."""
+    files = sorted(p for p in photos.iterdir() if p.is_file())
+    for i, path in enumerate(files):
+        folder = dest / ("n01440764" if i % 2 == 0 else "n01443537")
+        folder.mkdir(parents=True, exist_ok=True)
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+            rgb.save(folder / f"{path.stem}.png")
+            rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / f"{path.stem}_flip.png")
 
 
 def run(command: str, cwd: Path, env: dict[str, str]) -> tuple[int, str]:
@@ -163,6 +176,12 @@ def sections(snapshots: dict[str, Path], skip_slow: bool) -> list[tuple[str, lis
             ("titok info titok-l32-gen", "a registry name whose weights are not cached"),
             (f"titok info {gen_snapshot}/model.safetensors --json", ""),
             ("titok info broken/notes.png", ""),
+        ]),
+        ("titok train", [
+            (f"titok encode classes -o out/classes.npz --model {TOK}", ""),
+            (f"titok train out/classes.npz -o run --generator {GEN} --steps 60 -b 8 --checkpoint-every 20", ""),
+            ("titok sample --model run/final --class 0 -n 4 -o trained", ""),
+            ("titok info run/final", ""),
         ]),
         ("Example scripts", [
             (f"python examples/roundtrip.py examples/images/chelsea.png --model {TOK} -o out/roundtrip.png", ""),

@@ -230,6 +230,11 @@ def test_cli_trains_resumes_when_done_and_the_result_samples(token_set, tmp_path
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in out.iterdir()) == ["class0_000.png", "class0_001.png", "class3_000.png",
                                                      "class3_001.png"]  # fmt: skip
+    # without --tokenizer: the final folder's config names the tokenizer of its token files
+    paired = titok("sample", "--model", str(run / "final"), "-c", "0", "-c", "3", "-n", "2", "-o", str(tmp_path / "p"),
+                   "--device", "cpu")  # fmt: skip
+    assert paired.returncode == 0, paired.stderr
+    assert all((tmp_path / "p" / p.name).read_bytes() == p.read_bytes() for p in out.iterdir())
 
 
 def test_cli_bad_input_is_one_line(token_set, tmp_path):

@@ -91,6 +91,16 @@ def load_generator(
     entry = found.source.entry
     if entry is not None and entry.sampling:
         cfg = replace(cfg, **entry.sampling)
+    source = replace(found.source, trained_for=_recorded_tokenizer(found.config))
     with torch.device("meta"):
-        model = TiTokGenerator.from_config(cfg, source=found.source)
+        model = TiTokGenerator.from_config(cfg, source=source)
     return _finish(model, found, device, dtype)  # type: ignore[return-value]
+
+
+def _recorded_tokenizer(config: dict) -> str | None:
+    """The tokenizer a `titok train` output records (experiment.tokenizer: its Hub repo, else its name)."""
+    tok = (config.get("experiment") or {}).get("tokenizer")
+    if not isinstance(tok, dict):
+        return None
+    found = tok.get("repo") or tok.get("name")
+    return found if isinstance(found, str) and found else None

@@ -19,6 +19,8 @@ def paired_tokenizer_source(gen: TiTokGenerator, tokenizer: str | os.PathLike | 
     entry = src.entry if src is not None else None
     if entry is not None and entry.kind == "generator" and entry.tokenizer:
         return entry.tokenizer
+    if src is not None and src.trained_for:
+        return src.trained_for  # a `titok train` output names the tokenizer of its token files
     raise UsageError(
         f"{model} is not a registry generator, so its tokenizer is unknown; "
         "pass --tokenizer (a registry name, Hub repo id or folder)"

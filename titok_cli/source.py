@@ -38,6 +38,7 @@ class Source:
     preset: str | None = None  # registry preset that supplied the architecture of a lone file
     recognised_by: str | None = None  # how `entry` was found: name, repo, provenance, hub-cache, config
     sampling_origin: str | None = None  # generators: "registry" (official settings) or "config"
+    trained_for: str | None = None  # generators trained by `titok train`: the tokenizer their config records
 
     @property
     def name(self) -> str:
