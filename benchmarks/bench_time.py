@@ -74,6 +74,7 @@ def main() -> int:
     ap.add_argument("--resolutions", type=int, nargs="+", default=[512, 256])
     ap.add_argument("--shared", default=None, help="say the machine was shared (and with what) in the file")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--append", action="store_true", help="keep the runs already in the results file")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)  # one resolution, result as JSON on stdout
     ap.add_argument("extra", nargs="*", help="more `titok bench` flags, after --")
     args = ap.parse_args()
@@ -81,11 +82,12 @@ def main() -> int:
         print(json.dumps(measure(args.child, args.extra)))
         return 0
     runs = []
+    when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     load_start = [round(x, 2) for x in os.getloadavg()]
     for r in args.resolutions:
         cmd = [sys.executable, __file__, "--child", str(r), "--", *args.extra]
         child = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        runs.append(json.loads(child.stdout))
+        runs.append({"date": when, **json.loads(child.stdout)})
         print(json.dumps({k: v for k, v in runs[-1].items() if k not in ("progress", "bench")}), flush=True)
     data = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -103,6 +105,10 @@ def main() -> int:
 
     data["torch"], data["torch_threads"] = torch.__version__, torch.get_num_threads()
     out = args.out or ROOT / "benchmarks" / "results" / f"bench-time-{slug(cpu_model())}.json"
+    if args.append and out.exists():
+        old = json.loads(out.read_text())
+        keep = ("date", "load_average_start", "load_average_end", "machine_shared")
+        data["runs"] = [{**{k: old.get(k) for k in keep}, **r} for r in old["runs"]] + runs
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1) + "\n")
     print(f"wrote {out}")

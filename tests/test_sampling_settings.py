@@ -24,7 +24,6 @@ from titok_cli.sampling_params import SamplingParams
 from .conftest import make_hub_cache
 
 TOKENIZER = "tok_vq_legacy_tiny"  # 256 codes, 8 tokens: decodes both golden generators
-B64_GEN_REPO = "yucornetto/generator_titok_b64_imagenet"  # titok-b64-gen's repo in the registry
 # every field away from the library defaults, so a path that spelled its own would differ
 UNUSUAL = {"num_steps": 5, "guidance_scale": 2.25, "guidance_decay": "power-cosine", "guidance_scale_pow": 1.5,
            "randomize_temperature": 0.75, "softmax_temperature_annealing": True}  # fmt: skip
@@ -111,7 +110,7 @@ def test_flags_change_only_their_field_in_sample_and_the_fid_job(golden, tmp_pat
 
 def test_registry_name_and_its_downloaded_folder_get_the_official_settings(golden, hub_cache, tmp_path, seen):
     """The golden tiny generator stands in for titok-b64-gen in the Hub cache (as in test_loading)."""
-    make_hub_cache(hub_cache, B64_GEN_REPO, golden / "gen_vit_tiny", ("config.json", "model.safetensors"))
+    make_hub_cache(hub_cache, registry.get("titok-b64-gen").repo, golden / "gen_vit_tiny", ("config.json", "model.safetensors"))
     folder = tmp_path / "D"
     result = CliRunner().invoke(app, ["download", "titok-b64-gen", "--local-dir", str(folder), "-q"])
     assert result.exit_code == 0, result.output
