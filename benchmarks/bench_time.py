@@ -39,23 +39,30 @@ def slug(text: str) -> str:
 
 def measure(resolution: int, extra: list[str]) -> dict:
     """Run one default bench in a child; its wall time, peak RSS and what it reported."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(":")}
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}  # bench never downloads; make sure of it
     cmd = [sys.executable, "-m", "titok_cli", "bench", "--resolution", str(resolution), "--json", *extra]
+    load_before = [round(x, 2) for x in os.getloadavg()]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - start
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
+    load_after = [round(x, 2) for x in os.getloadavg()]
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # this helper's only child: the bench
+    peak_kib = usage.ru_maxrss  # KiB on Linux
     out: dict = {"command": " ".join(["titok", *cmd[3:]]), "returncode": proc.returncode, "wall_s": round(wall, 1),
-                 "peak_rss_mb": round(peak_kib / 1024, 1), "progress": proc.stderr.splitlines()[-40:]}  # fmt: skip
+                 "peak_rss_mb": round(peak_kib / 1024, 1),
+                 "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "load_average_before": load_before,
+                 "load_average_after": load_after, "progress": proc.stderr.splitlines()[-40:]}  # fmt: skip
     try:
         result = json.loads(proc.stdout)
     except ValueError:
         return out
     out["bench"] = {k: result.get(k) for k in ("batch_size", "device", "dtype", "resolution", "threads",
                                                 "omp_num_threads", "timing", "weights", "notes")}  # fmt: skip
-    out["bench"]["tasks"] = {t: {k: result[t].get(k) for k in ("calls", "images_per_s", "latency_ms_min", "latency_ms",
-                                                                "latency_ms_max", "peak_memory_mb")}
-                             for t in ("encode", "decode", "sample", "generate") if result.get(t)}  # fmt: skip
+    keys = ("calls", "first_call_ms", "images_per_s", "images_per_s_from_cpu_time", "latency_ms_min", "latency_ms",
+            "latency_ms_max", "peak_memory_mb")  # fmt: skip
+    tasks = [t for t in ("encode", "decode", "sample", "generate") if result.get(t)]
+    out["bench"]["tasks"] = {t: {k: result[t].get(k) for k in keys} for t in tasks}
     goal = GOAL.get(str(resolution))
     if goal:
         out["meets_goal"] = wall < goal["seconds"] and peak_kib / 2**20 < goal["peak_rss_gb"]
@@ -67,6 +74,7 @@ def main() -> int:
     ap.add_argument("--resolutions", type=int, nargs="+", default=[512, 256])
     ap.add_argument("--shared", default=None, help="say the machine was shared (and with what) in the file")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--append", action="store_true", help="keep the runs already in the results file")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)  # one resolution, result as JSON on stdout
     ap.add_argument("extra", nargs="*", help="more `titok bench` flags, after --")
     args = ap.parse_args()
@@ -74,11 +82,12 @@ def main() -> int:
         print(json.dumps(measure(args.child, args.extra)))
         return 0
     runs = []
+    when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     load_start = [round(x, 2) for x in os.getloadavg()]
     for r in args.resolutions:
         cmd = [sys.executable, __file__, "--child", str(r), "--", *args.extra]
         child = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        runs.append(json.loads(child.stdout))
+        runs.append({"date": when, **json.loads(child.stdout)})
         print(json.dumps({k: v for k, v in runs[-1].items() if k not in ("progress", "bench")}), flush=True)
     data = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -96,6 +105,10 @@ def main() -> int:
 
     data["torch"], data["torch_threads"] = torch.__version__, torch.get_num_threads()
     out = args.out or ROOT / "benchmarks" / "results" / f"bench-time-{slug(cpu_model())}.json"
+    if args.append and out.exists():
+        old = json.loads(out.read_text())
+        keep = ("date", "load_average_start", "load_average_end", "machine_shared")
+        data["runs"] = [{**{k: old.get(k) for k in keep}, **r} for r in old["runs"]] + runs
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1) + "\n")
     print(f"wrote {out}")

@@ -13,7 +13,6 @@ from titok_cli.bench_models import DEFAULT_MODELS, build_models
 from titok_cli.bench_result import NOISY_SPREAD, TaskResult
 from titok_cli.errors import UsageError
 from titok_cli.perf import count_flops, flop_mapping, matmul_peak_gflops
-from titok_cli.sampling import SamplingParams
 
 TASK_KEYS = {"images_per_s", "tokens_per_s", "latency_ms", "latency_ms_min", "latency_ms_max", "peak_memory_mb"}
 
@@ -111,8 +110,9 @@ def test_default_batch_fits_the_cpu_and_keeps_the_full_batch_elsewhere(tiny):
 def test_generate_gets_every_sampling_setting_of_the_generator(tiny):
     models = build_models(model=tiny[0], generator=tiny[1])
     gen = models.generator
-    expected = gen.config.sampling_defaults()
-    assert set(expected) == {f.name for f in fields(SamplingParams)}  # guidance_scale_pow included
+    expected = gen.sampling_params()  # what `titok sample` and its FID job use
+    assert sampling_settings(gen) == expected
+    assert {f.name for f in fields(expected)} == set(gen.config.sampling_defaults())  # guidance_scale_pow included
     seen = []
     real = gen.generate
 
@@ -122,8 +122,8 @@ def test_generate_gets_every_sampling_setting_of_the_generator(tiny):
 
     gen.generate = recording
     r = run_benchmark(device="cpu", batch_size=1, warmup=0, iters=1, tasks=("generate",), models=models)
-    assert seen and all({k: kw[k] for k in expected} == expected for kw in seen)
-    assert r.to_dict()["sampling"] == expected == asdict(r.sampling)
+    assert seen and all(kw["params"] == expected and set(kw) == {"params", "generator"} for kw in seen)
+    assert r.sampling == expected and r.to_dict()["sampling"] == asdict(expected)
 
 
 def test_time_budget_chooses_the_number_of_calls(tiny):

@@ -24,14 +24,14 @@ def test_psnr_matches_its_definition_on_a_real_photo(photo):
     mse = np.mean((photo.astype(np.float64) - noisy.astype(np.float64)) ** 2)
     assert psnr(photo, noisy, data_range=255) == pytest.approx(10 * math.log10(255**2 / mse))
     # the same pixels as floats in [0, 1], as tensors (C, H, W): the same figure
-    a = torch.from_numpy(photo).permute(2, 0, 1) / 255
+    a = torch.from_numpy(photo.copy()).permute(2, 0, 1) / 255
     b = torch.from_numpy(noisy).permute(2, 0, 1) / 255
     assert psnr(a, b) == pytest.approx(psnr(photo, noisy, data_range=255))
     assert psnr(a, a) == math.inf
 
 
 def test_psnr_clamps_like_saved_pixels_and_checks_shapes(photo):
-    a = torch.from_numpy(photo).float() / 255
+    a = torch.from_numpy(photo.copy()).float() / 255
     assert psnr(a, a + 2.0) == psnr(a, torch.ones_like(a))  # out-of-range values count as saved (clamped)
     with pytest.raises(ValueError, match="same shape"):
         psnr(a, a[:32])

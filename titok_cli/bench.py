@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import os
 import time
-from dataclasses import asdict
 from typing import Any, Callable, Sequence
 
 import torch
@@ -35,7 +34,7 @@ from .metrics import precision_agreement
 from .models.generator import TiTokGenerator
 from .models.tokenizer import TiTokTokenizer
 from .perf import PeakMemory, count_flops, device_name, matmul_peaks, thread_settings, time_calls
-from .sampling import SamplingParams
+from .sampling_params import SamplingParams
 
 TASKS = ("encode", "decode", "sample", "generate")  # "generate": generator tokens only, no decoding
 DEFAULT_TASKS = ("encode", "decode", "sample")
@@ -53,8 +52,8 @@ def default_batch_size(device: torch.device, image_size: int) -> int:
 
 
 def sampling_settings(gen: TiTokGenerator) -> SamplingParams:
-    """The generator's own sampling settings, every field: the one place bench builds them."""
-    return SamplingParams(**gen.config.sampling_defaults())
+    """The settings `titok sample` and its FID job use for `gen` with no flags (`gen.sampling_params()`)."""
+    return gen.sampling_params()
 
 
 def task_notes(row: TaskResult) -> list[Note]:
@@ -117,11 +116,10 @@ def _runs(tok: TiTokTokenizer, gen: TiTokGenerator | None, sampling: SamplingPar
     if gen is not None and sampling is not None:
         classes = torch.randint(0, gen.config.condition_num_classes, (b,), generator=rng).to(dev)  # (B,)
         sample_rng = torch.Generator(device=dev)
-        settings = asdict(sampling)
 
         def generate() -> torch.Tensor:
             sample_rng.manual_seed(seed)
-            return gen.generate(classes, generator=sample_rng, **settings)  # (B, K)
+            return gen.generate(classes, params=sampling, generator=sample_rng)  # (B, K)
 
         runs["generate"] = generate
         runs["sample"] = lambda: tok.decode(generate())

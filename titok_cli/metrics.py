@@ -24,12 +24,19 @@ def psnr(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, data_range:
     255 for uint8 arrays. Identical inputs give +inf. Computed in float64, so a uint8 pair gives
     the same figure as its float copy divided by 255.
     """
-    x = torch.as_tensor(np.asarray(a) if isinstance(a, np.ndarray) else a).double().clamp(0, data_range)
-    y = torch.as_tensor(np.asarray(b) if isinstance(b, np.ndarray) else b).double().clamp(0, data_range)
+    x = _float64(a).clamp(0, data_range)
+    y = _float64(b).clamp(0, data_range)
     if x.shape != y.shape:
         raise ValueError(f"psnr needs two images of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     mse = ((x - y) ** 2).mean().item()
     return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
+
+
+def _float64(a: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A float64 copy (numpy arrays may be read-only, e.g. from a decoded image: torch warns on those)."""
+    if isinstance(a, np.ndarray):
+        return torch.from_numpy(np.array(a, dtype=np.float64))
+    return a.double()
 
 
 def precision_agreement(

@@ -17,7 +17,7 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover
     from .models.generator import TiTokGenerator
     from .models.tokenizer import TiTokTokenizer
-    from .sampling import SamplingParams
+    from .sampling_params import SamplingParams
 
 
 # -- timing ------------------------------------------------------------------------------------
@@ -166,8 +166,6 @@ def count_flops(
 ) -> dict[str, float | None]:
     """Nominal FLOPs per image of each task (the official algorithm's work), counted on meta-device
     copies (batch 1, no real compute). `sampling`: the settings `generate` runs with (steps count)."""
-    from dataclasses import asdict
-
     from torch.utils.flop_counter import FlopCounterMode
 
     from .models.tokenizer import TiTokTokenizer
@@ -183,7 +181,6 @@ def count_flops(
     except Exception:  # noqa: BLE001 - FLOPs are optional extras
         return {t: None for t in tasks}
     s, k, c = tok.image_size, tok.num_tokens, tok.config.token_size
-    settings = asdict(sampling) if sampling is not None else {}
 
     def latents() -> torch.Tensor:
         if tok.is_vae:
@@ -195,7 +192,7 @@ def count_flops(
         "decode": lambda: mtok.decode_latents(latents()),
     }
     if mgen is not None:
-        runs["generate"] = lambda: mgen.generate(torch.zeros(1, dtype=torch.long, device="meta"), **settings)
+        runs["generate"] = lambda: mgen.generate(torch.zeros(1, dtype=torch.long, device="meta"), params=sampling)
         runs["sample"] = lambda: (runs["generate"](), mtok.decode_latents(latents()))
     for task in tasks:
         if task not in runs:
