@@ -128,6 +128,9 @@ def test_shared_options_have_one_default():
     defaults: dict[str, set] = {}
     for name in COMMANDS:
         for param in command_params(name):
+            if name == "train" and param.opts[0] == "--batch-size":
+                assert "Global batch per step" in param.help  # an optimizer batch, not images per forward
+                continue
             if param.opts[0] in ("--batch-size", "--device", "--dtype"):
                 defaults.setdefault(param.opts[0], set()).add(param.default)
             if param.opts[0] == "--batch-size" and param.default is None:

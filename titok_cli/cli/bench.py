@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import DeviceOpt, DtypeOpt, JsonOpt, QuietOpt, human_count, note, out_console, print_json, warn
+from .common import DeviceBatchOpt, DeviceOpt, DtypeOpt, HelpOpt, JsonOpt, QuietOpt, at_least, human_count, note, out_console, print_json, warn
 
 if TYPE_CHECKING:  # pragma: no cover
     from titok_cli.bench_result import BenchEvent, BenchResult
@@ -29,20 +29,19 @@ class Resolution(str, Enum):
 ResolutionOpt = Annotated[Resolution | None, typer.Option(
     "--resolution", "-r", metavar="256|512", help="256 (official models) or 512 (paper architectures, random "
     "weights) [default: 256, or the resolution of --model].")]  # fmt: skip
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Tokenizer: registry name, Hub id or folder "
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", metavar="NAME", help="Tokenizer: registry name, Hub id or folder "
                                               "[default: titok-l32 at 256, titok-l64-512 at 512].")]  # fmt: skip
-GeneratorOpt = Annotated[str | None, typer.Option("--generator", help="Generator for `sample` when --model is a "
+GeneratorOpt = Annotated[str | None, typer.Option("--generator", metavar="NAME", help="Generator for `sample` when --model is a "
                                                   "folder or Hub id.")]  # fmt: skip
-BenchBatchOpt = Annotated[int | None, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass "
-                                                   "[default: 8 on a GPU; on the CPU 2, or 1 above 256x256].")]
-SecondsOpt = Annotated[float, typer.Option("--seconds", "-s", min=0.001, help="Time budget of each task's timed "
+BenchBatchOpt = DeviceBatchOpt
+SecondsOpt = Annotated[float, typer.Option("--seconds", "-s", metavar="SECONDS", callback=at_least(0.001), help="Time budget of each task's timed "
                                            "calls; the number of calls is chosen from the first one.")]  # fmt: skip
-CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the models first.")]
-WarmupOpt = Annotated[int, typer.Option("--warmup", min=0, help="Untimed calls per task.")]
-ItersOpt = Annotated[int, typer.Option("--iters", min=1, help="At most this many timed calls per task.")]
+CompileOpt = Annotated[bool, typer.Option("--compile", metavar="", help="torch.compile the models first.")]
+WarmupOpt = Annotated[int, typer.Option("--warmup", metavar="N", callback=at_least(0), help="Untimed calls per task.")]
+ItersOpt = Annotated[int, typer.Option("--iters", metavar="N", callback=at_least(1), help="At most this many timed calls per task.")]
 TaskOpt = Annotated[list[Task] | None, typer.Option("--task", metavar="TASK", help="encode, decode, sample "
                     "(generate + decode) or generate (tokens only); repeatable [default: encode, decode, sample].")]
-PeakOpt = Annotated[bool, typer.Option("--peak/--no-peak", help="Measure the device's GEMM peak first (a few "
+PeakOpt = Annotated[bool, typer.Option("--peak/--no-peak", metavar="", help="Measure the device's GEMM peak first (a few "
                                        "seconds) and report each task's share of it.")]  # fmt: skip
 AgreementOpt = Annotated[Path | None, typer.Option("--agreement", metavar="DIR", help="With --dtype bfloat16/"
                          "float16: images to compare against a float32 copy (token agreement, decode PSNR, NaN).")]
@@ -124,6 +123,7 @@ def bench(
     agreement: AgreementOpt = None,
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
+    _help: HelpOpt = False,
 ) -> None:
     """Time encode, decode and sample after warm-up: images/s, tokens/s, latency, peak memory.
 
