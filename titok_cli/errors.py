@@ -46,3 +46,7 @@ class ImageError(TitokError):
 
 class TokenFileError(TitokError):
     """A token file (or its manifest) that is malformed or does not fit the model."""
+
+
+class FeatureWeightsError(CheckpointError):
+    """A feature network's weight file (FID Inception, LPIPS VGG) that is absent and cannot be fetched."""
