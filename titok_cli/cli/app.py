@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from . import bench, decode, download, encode, info, models, sample
+from . import eval as eval_commands
 from .common import guarded, run_app
 from .help_format import TitokCommand, TitokGroup
 
@@ -35,6 +36,7 @@ for name, command in (
     ("info", info.info),
 ):
     app.command(name, cls=TitokCommand)(guarded(command))
+app.add_typer(eval_commands.app)
 
 
 def _show_version(value: bool) -> None:

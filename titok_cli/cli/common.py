@@ -112,6 +112,7 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report a SIGINT death (128 + 2)
 RESUMABLE: dict[str, Callable[[dict[str, Any]], bool]] = {
     "encode": lambda kwargs: True,
     "sample": lambda kwargs: kwargs.get("npz") is not None,
+    "recon": lambda kwargs: True,  # titok eval recon
 }
 
 
