@@ -263,3 +263,38 @@ def test_torchrun_two_ranks_match_one_process(golden, weights, tmp_path):
     assert a == b and a["count"] == images and [f["path"] for f in a["failures"]] == ["zero.png"]
     pngs = sorted(p.name for p in (tmp_path / "png2").iterdir())
     assert pngs == sorted(p.name for p in (tmp_path / "png1").iterdir()) and len(pngs) == images
+
+
+def test_webdataset_shards_give_the_folder_report(golden, tmp_path):
+    pytest.importorskip("webdataset")
+    import tarfile
+
+    tok = titok_cli.load_tokenizer(golden / "tok_vq_tiny")
+    photos = [Path(p) for p in photo_inputs()]
+    with tarfile.open(tmp_path / "val-000000.tar", "w") as tar:
+        for k, p in enumerate(photos):
+            tar.add(p, arcname=f"s{k:03d}{p.suffix}")
+    settings = ReconSettings(batch_size=4)
+    shards = eval_recon([str(tmp_path / "val-000000.tar")], tok, FeatureNets(), settings)
+    files = eval_recon([str(p) for p in photos], tok, FeatureNets(), settings)
+    assert shards.count == files.count == 4
+    assert (shards.psnr, shards.ssim, shards.codebook) == (files.psnr, files.ssim, files.codebook)
+
+
+def test_lpips_weights_by_folder_or_two_files_in_any_order(weights, tmp_path):
+    from titok_cli.errors import FeatureWeightsError, UsageError
+    from titok_cli.quality.lpips import lpips_files
+    from titok_cli.quality.weights import known
+
+    folder = tmp_path / "lpips"
+    folder.mkdir()
+    (folder / known("vgg16").filename).symlink_to(weights["vgg"])
+    (folder / known("lpips-vgg").filename).symlink_to(weights["heads"])
+    by_folder = lpips_files([folder])
+    assert [p.resolve() for p in by_folder] == [weights["vgg"], weights["heads"]]
+    assert lpips_files([weights["heads"], weights["vgg"]]) == (weights["vgg"], weights["heads"])
+    assert lpips_files([weights["vgg"], weights["heads"]]) == (weights["vgg"], weights["heads"])
+    with pytest.raises(UsageError):
+        lpips_files([weights["vgg"]])
+    with pytest.raises(FeatureWeightsError, match="nowhere.pth: no such file"):
+        lpips_files([weights["vgg"], tmp_path / "nowhere.pth"])

@@ -215,7 +215,8 @@ def eval_recon(
     With `output`, the report is also written there as JSON (atomically); an existing file is
     replaced only with `overwrite`, or returned as `already_done` when it is the report of this
     identical run. The scratch log lives in `<output>.partial/` (without `output`: in the temp
-    folder, named after the run's fingerprint); repeating an interrupted call resumes from it.
+    folder, named after the run's fingerprint, so runs across machines need `output` on a
+    shared file system); repeating an interrupted call resumes from it.
     Under torchrun every rank calls this; rank 0 merges, every rank gets the result.
     """
     nets = nets or FeatureNets()
