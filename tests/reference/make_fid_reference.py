@@ -58,9 +58,7 @@ def random_inception_weights(shapes: dict[str, tuple[int, ...]], seed: int = WEI
             state[key] = torch.randn(shape, generator=gen) * math.sqrt(2.0 / fan_in)
         elif key.endswith("bn.weight"):
             state[key] = 1.0 + 0.1 * torch.randn(shape, generator=gen)
-        elif key.endswith("bn.bias"):
-            state[key] = 0.1 * torch.randn(shape, generator=gen)
-        elif key.endswith("bn.running_mean"):
+        elif key.endswith(("bn.bias", "bn.running_mean")):
             state[key] = 0.1 * torch.randn(shape, generator=gen)
         elif key.endswith("bn.running_var"):
             state[key] = 0.8 + 0.4 * torch.rand(shape, generator=gen)
@@ -137,7 +135,7 @@ def _import_torchvision_without_ops() -> None:
     without `_C.so` are skipped by pre-seeding their module.
     """
     try:
-        import torchvision  # noqa: F401
+        import torchvision
     except (RuntimeError, OSError):
         for name in [m for m in sys.modules if m.startswith("torchvision")]:
             del sys.modules[name]
@@ -279,6 +277,8 @@ def main() -> None:
                         help="the guided-diffusion commit the file is from (recorded in the npz)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=OUTPUT)
     args = parser.parse_args()
+    if not args.adm_evaluator.is_file():
+        parser.error(f"{args.adm_evaluator}: no such file (guided-diffusion's evaluations/evaluator.py)")
     torch.set_grad_enabled(False)
     sys.path.insert(0, str(ROOT))
     _import_torchvision_without_ops()
@@ -294,7 +294,7 @@ def main() -> None:
     feats_a = _pytorch_fid_features(net, set_a)  # (7, 2048)
     feats_b = torch.cat([_pytorch_fid_features(net, x) for x in set_b])  # (7, 2048)
     features = torch.cat([feats_a, feats_b]).numpy()  # (14, 2048)
-    fc_w, fc_b = net.fc.weight.detach(), net.fc.bias.detach()
+    fc_w = net.fc.weight.detach()
     logits_unbiased = (torch.from_numpy(features) @ fc_w.T).numpy()  # (14, 1008), torch-fidelity's layer
     logits = net.fc(torch.from_numpy(features)).numpy()  # (14, 1008), torchvision's fc
 

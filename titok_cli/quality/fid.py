@@ -50,7 +50,7 @@ class FeatureStats:
     sigma: np.ndarray  # (D, D)
     count: int | None = None
 
-    def frechet_distance(self, other: "FeatureStats") -> float:
+    def frechet_distance(self, other: FeatureStats) -> float:
         """FID between this set and `other`."""
         return frechet_distance(self.mu, self.sigma, other.mu, other.sigma)
 
@@ -81,7 +81,7 @@ class FeatureStatsAccumulator:
         self.outer += x.t() @ x  # (D, D)
         self.count += x.shape[0]
 
-    def merge(self, other: "FeatureStatsAccumulator") -> None:
+    def merge(self, other: FeatureStatsAccumulator) -> None:
         """Add another shard's sums into this one."""
         if other.dim != self.dim:
             raise ValueError(f"cannot merge statistics of {other.dim} features into {self.dim}")
@@ -273,6 +273,8 @@ class ReferenceBatch:
         """uint8 batches (B, H, W, 3) of images [start, stop) in file order (a rank takes its slice)."""
         if self.count is None or self.image_shape is None:
             raise ImageError(str(self.path), "holds no images (arr_0), only statistics")
+        if start < 0 or batch_size < 1:
+            raise ValueError(f"need start >= 0 and batch_size >= 1, got {start} and {batch_size}")
         stop = self.count if stop is None else min(stop, self.count)
         row = int(np.prod(self.image_shape))
         with zipfile.ZipFile(self.path) as archive, archive.open("arr_0.npy") as fh:
@@ -283,12 +285,13 @@ class ReferenceBatch:
                 data = fh.read(n * row)
                 if len(data) != n * row:
                     raise ImageError(str(self.path), f"arr_0 is truncated: image {first + len(data) // row} is incomplete")
-                yield np.frombuffer(data, dtype=np.uint8).reshape(n, *self.image_shape)
+                yield np.frombuffer(bytearray(data), dtype=np.uint8).reshape(n, *self.image_shape)  # writable
 
 
 def images_to_tensor(batch: np.ndarray) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) in [0, 1], the FID Inception's input."""
-    return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float() / 255  # (B, 3, H, W)
+    pixels = torch.from_numpy(np.require(batch, dtype=np.uint8, requirements=["C", "W"]))  # (B, H, W, 3)
+    return pixels.permute(0, 3, 1, 2).float() / 255  # (B, 3, H, W)
 
 
 def _read_npy_header(fh: io.BufferedIOBase, path: Path, name: str) -> tuple[tuple[int, ...], bool, np.dtype]:

@@ -11,6 +11,11 @@ torchvision's Inception-v3 in ways that change every feature, reproduced on purp
   * 1008 classes (the TF graph's label space), BatchNorm eps 1e-3, no auxiliary head.
 Input protocol (pytorch-fid's): float images in [0, 1], any size, resized to 299 x 299 with
 `F.interpolate(mode="bilinear", align_corners=False, antialias=False)`, then mapped to [-1, 1].
+torch-fidelity and ADM's evaluator feed the same weights uint8 pixels through TF1's own bilinear
+resize instead, so their features (and FIDs) differ slightly from these, most where images are
+not already 299 x 299. On CUDA, float32 convolutions may run in TF32
+(`torch.backends.cudnn.allow_tf32`, on by default), which moves features by about 1e-3; turn it
+off for reference-exact features.
 """
 
 from __future__ import annotations
@@ -255,8 +260,11 @@ def load_fid_inception(path: str | os.PathLike | None = None, device: torch.devi
     from titok_cli.quality.weights import weights_path
 
     file = weights_path(WEIGHTS_NAME, path)
-    state = _fill_batch_counters(model := FIDInceptionV3(), read_state_dict(file))
+    with torch.device("meta"):  # no random init: every tensor is overwritten below
+        model = FIDInceptionV3()
+    state = _fill_batch_counters(model, read_state_dict(file))
     check_state_dict(model, state, str(file))
+    model = model.to_empty(device="cpu")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # pragma: no cover - check_state_dict catches what strict loading would

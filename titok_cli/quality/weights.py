@@ -15,9 +15,9 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from titok_cli.errors import FeatureWeightsError
 
@@ -44,16 +44,16 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
         KnownWeights(
             "fid-inception", "pt_inception-2015-12-05-6726825d.pth",
             "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
-            "the FID Inception-v3 weights (pytorch-fid)", "--inception", sha256="6726825d",
+            "pytorch-fid's FID Inception-v3 weights", "--inception", sha256="6726825d",
         ),
         KnownWeights(
             "vgg16", "vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth",
-            "the VGG-16 trunk of LPIPS (torchvision)", "--lpips", sha256="397923af",
+            "torchvision's VGG-16, the LPIPS trunk", "--lpips", sha256="397923af",
         ),
         KnownWeights(
             "lpips-vgg", "lpips-v0.1-vgg.pth",
             "https://raw.githubusercontent.com/richzhang/PerceptualSimilarity/master/lpips/weights/v0.1/vgg.pth",
-            "the LPIPS v0.1 linear heads for VGG (lpips vgg.pth)", "--lpips",
+            "the LPIPS v0.1 linear heads for VGG, lpips's vgg.pth", "--lpips",
         ),
     )
 }  # fmt: skip
