@@ -39,7 +39,8 @@ SUMMARY_FAILURES = 10  # failures repeated in the closing summary (all of them a
 app = typer.Typer(
     name="eval",
     cls=TitokGroup,
-    help="Measure a tokenizer: reconstruction quality (PSNR, SSIM, LPIPS, rFID, IS, codebook usage).",
+    help="Measure a tokenizer (recon: PSNR, SSIM, LPIPS, rFID, IS, codebook usage) or generated samples "
+    "(gen: gFID, IS, precision/recall).",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -146,6 +147,97 @@ def recon(
 app.command("recon", cls=TitokCommand)(guarded(recon))
 
 
+def gen(
+    samples: Annotated[Path, typer.Argument(metavar="SAMPLES.npz", show_default=False,
+                                            help="Sample archive: `titok sample --npz` or any ADM-format arr_0.")],
+    reference: Annotated[
+        Path, typer.Option("--ref", metavar="REF.npz", show_default=False,
+                           help="Reference batch: ADM's .npz with arr_0 images and/or mu/sigma statistics."),
+    ],
+    expect: Annotated[
+        int | None, typer.Option("--expect", metavar="N", min=1, show_default=False,
+                                 help="Refuse an archive that does not hold exactly N samples (e.g. 50000)."),
+    ] = None,
+    inception: Annotated[
+        Path | None,
+        typer.Option("--inception", metavar="PATH", show_default=False,
+                     help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth) [default: the cache, "
+                     "downloaded once when online]."),
+    ] = None,
+    no_precision_recall: Annotated[
+        bool, typer.Option("--no-precision-recall", help="Skip precision and recall (they need the reference images).")
+    ] = False,
+    batch_size: BatchOpt = 64,
+    device: DeviceOpt = "auto",
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", metavar="FILE.json", show_default=False, help="Also write the results as JSON."),
+    ] = None,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """gFID, Inception Score and precision/recall of generated samples against a reference batch.
+
+    The definitions of ADM's evaluator, on the FID Inception (images resized to 299x299). A
+    reference with mu/sigma is used through them for FID; precision/recall need its images.
+
+    Example:  titok eval gen samples.npz --ref VIRTUAL_imagenet256_labeled.npz --expect 50000
+    """
+    if output is not None:
+        check_output_file(output, (".json",), "output")
+        from titok_cli.outputs import check_output
+
+        check_output(output, overwrite)
+    import json
+
+    from titok_cli.distributed import dist_info, rank_device
+    from titok_cli.eval_gen import GenSettings, eval_gen
+    from titok_cli.eval_recon import load_feature_nets
+    from titok_cli.token_file import atomic_path
+
+    dev, _ = device_and_dtype(rank_device(device), "float32")
+    rank, _ = dist_info()
+    nets = load_feature_nets(dev, lpips=False, fid=True, inception_path=inception)
+    hide = quiet or json_output or rank != 0
+    with progress_bar("measuring", None, hide) as update:
+        result = eval_gen(samples, reference, nets.inception, GenSettings(batch_size, expect, not no_precision_recall),
+                          device=dev, weights=nets.weights, progress=update if draws_progress(hide) else None)  # fmt: skip
+    if rank != 0:
+        return
+    if output is not None:
+        with atomic_path(output, ".json") as tmp:
+            tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    if json_output:
+        print_json({**result.to_dict(), "output": output})
+        return
+    rows = [("samples", str(result.samples)),
+            ("reference", f"{result.reference_images} images" if result.reference_images is not None else "statistics"),
+            ("gFID", f"{result.fid:.3f} (reference {result.fid_reference})"),
+            ("IS", "{:.3f} ± {:.3f}".format(*result.inception_score)),
+            ("precision", "-" if result.precision is None else f"{result.precision:.4f}"),
+            ("recall", "-" if result.recall is None else f"{result.recall:.4f}")]  # fmt: skip
+    _print_table(rows, quiet)
+    if output is not None:
+        say(f"results: {output}", quiet)
+
+
+app.command("gen", cls=TitokCommand)(guarded(gen))
+
+
+def _print_table(rows: list[tuple[str, str]], quiet: bool) -> None:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in rows:
+        table.add_row(name, value)
+    if not quiet:
+        out_console().print(table)
+
+
 def _rows(result: ReconResult) -> list[tuple[str, str]]:
     """(metric, value) lines of the report table."""
     rows = [("model", str(result.model.get("name"))), ("images", str(result.count)), ("PSNR (dB)", f"{result.psnr:.3f}"), ("SSIM", f"{result.ssim:.4f}")]
@@ -167,9 +259,6 @@ def _rows(result: ReconResult) -> list[tuple[str, str]]:
 
 
 def _print_report(result: ReconResult, quiet: bool) -> None:
-    from rich import box
-    from rich.table import Table
-
     if result.failures and not quiet:
         shown = result.failures[:SUMMARY_FAILURES]
         more = len(result.failures) - len(shown)
@@ -177,13 +266,7 @@ def _print_report(result: ReconResult, quiet: bool) -> None:
         note(f"{plural(len(result.failures), 'file')} failed: {listing}")
     if result.already_done:
         say(f"already done: {result.output} holds the report of this same command (--overwrite to measure again)", quiet)
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in _rows(result):
-        table.add_row(name, value)
-    if not quiet:
-        out_console().print(table)
+    _print_table(_rows(result), quiet)
     if result.output is not None:
         say(f"results: {result.output}", quiet)
 
