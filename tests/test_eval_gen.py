@@ -102,3 +102,21 @@ def test_gen_cli_json_and_results_file(archives, inception_file, tmp_path):
     bad = _cli([str(IMAGES / "camera.png"), "--ref", str(folder / "ref.npz"), "--inception", str(inception_file),
                 "--device", "cpu"])  # fmt: skip
     assert bad.returncode == 1 and "not an .npz archive" in bad.stderr
+
+
+@pytest.mark.slow
+def test_gen_torchrun_two_ranks_match_one_process(archives, inception_file, tmp_path):
+    pytest.importorskip("torch.distributed")
+    folder, _, _ = archives
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TITOK_DIST_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
+    # one image per batch, so each image meets the same kernels in both runs
+    args = ["eval", "gen", str(folder / "samples.npz"), "--ref", str(folder / "ref.npz"), "--inception",
+            str(inception_file), "--device", "cpu", "-b", "1", "-q", "-o"]  # fmt: skip
+    one = subprocess.run([sys.executable, "-m", "titok_cli", *args, str(tmp_path / "one.json")], env=env,
+                         capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29583",
+           "-m", "titok_cli", *args, str(tmp_path / "two.json")]  # fmt: skip
+    two = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((tmp_path / "one.json").read_text()) == json.loads((tmp_path / "two.json").read_text())
