@@ -191,6 +191,10 @@ def test_bad_inputs_are_skipped_and_listed(golden, weights, tmp_path):
     assert "empty.png: empty file" in res.stderr
     again = _cli(args)  # the same command: the finished report is reported as done
     assert again.returncode == 1 and json.loads(again.stdout)["already_done"] is True
+    time.sleep(0.01)
+    (folder / "new.png").write_bytes((IMAGES / "chelsea.png").read_bytes())  # the inputs changed since
+    changed = _cli(args)
+    assert changed.returncode == 2 and "--overwrite" in changed.stderr
     refused = _cli([*args, "--exif-transpose"])  # another protocol: another run, and the file is there
     assert refused.returncode == 2 and "--overwrite" in refused.stderr
 

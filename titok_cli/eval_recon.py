@@ -43,7 +43,7 @@ import torch
 
 from .distributed import barrier, dist_info
 from .errors import TitokError
-from .inputs import count_inputs, has_inputs, rank_items_before
+from .inputs import count_inputs, has_inputs, inputs_changed_since, rank_items_before
 from .metrics import psnr
 from .outputs import check_output, row_file_names
 from .png import PngWriter
@@ -236,7 +236,8 @@ def eval_recon(
     fingerprint = fingerprint_of(parts)
     if output is not None and output.is_file() and not overwrite:
         done = _read_result(output)
-        if done is not None and done.fingerprint == fingerprint:
+        if done is not None and done.fingerprint == fingerprint and \
+                not inputs_changed_since(inputs, output.stat().st_mtime_ns, None):
             done.already_done = True
             return done
     if output is not None:
