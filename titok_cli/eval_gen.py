@@ -77,10 +77,11 @@ class GenResult:
 def _features(batches: Iterator[np.ndarray], inception: Inception, device: torch.device,
               progress: Progress | None, done: int, total: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """pool3 features (n, 2048) and IS logits (n, 1008), float32, of uint8 batches (B, H, W, 3)."""
+    from .eval_recon import full_float32
     from .quality.fid import images_to_tensor
 
     feats, logits = [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), full_float32():
         for batch in batches:
             f, g = inception(images_to_tensor(batch).to(device))  # (B, 2048), (B, 1008)
             feats.append(f.float().cpu().numpy())

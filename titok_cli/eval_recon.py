@@ -34,6 +34,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,19 @@ def quantize(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)  # (N, 3, S, S)
 
 
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """Run the feature networks' convolutions in full float32: cuDNN would use TF32 by default,
+    and the agreement with the reference implementations was measured without it."""
+    cudnn = torch.backends.cudnn
+    before = cudnn.allow_tf32
+    cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32 = before
+
+
 def protocol_of(tokenizer: Any, nets: FeatureNets, settings: ReconSettings) -> dict[str, Any]:
     """What exactly is compared, for the report (and the fingerprint: a rerun must match it)."""
     size = tokenizer.config.image_size
@@ -185,7 +199,7 @@ def protocol_of(tokenizer: Any, nets: FeatureNets, settings: ReconSettings) -> d
         "reference": "the center-cropped original as given to the model: uint8 / 255, float32",
         "reconstruction": "decoder output clamped to [0, 1], rounded to uint8 (round(x*255)/255), as saved in a PNG",
         "compute_dtype": str(tokenizer.dtype).replace("torch.", ""),
-        "metrics_dtype": "float32 (PSNR in float64 on the uint8 pair)",
+        "metrics_dtype": "float32, no TF32 (PSNR in float64 on the uint8 pair)",
         "psnr": "per image, data range 1, then the mean",
         "ssim": "per image: 11x11 Gaussian window, sigma 1.5, data range 1, valid region, channel mean; then the mean",
         "lpips": "LPIPS-VGG v0.1 per image, then the mean" if nets.lpips is not None else None,
@@ -324,21 +338,22 @@ def _measure_rank(scratch: Scratch, tokenizer: Any, nets: FeatureNets, settings:
     writer = PngWriter() if settings.save_recon is not None else None
 
     def flush(pending: list[Item]) -> None:
-        crops = torch.stack([p[3] for p in pending]).to(device, non_blocking=True)  # (B, 3, S, S) uint8
-        ref = crops.float() / 255.0  # (B, 3, S, S): the model input, and the reference
+        cpu_ref = torch.stack([p[3] for p in pending])  # (B, 3, S, S) uint8
+        ref = cpu_ref.to(device, non_blocking=True).float() / 255.0  # (B, 3, S, S): model input and reference
         codes = tokenizer.encode(ref)  # VQ (B, K) int64; VAE (B, C, K) float32
         recon_u8 = quantize(tokenizer.decode(codes))  # (B, 3, S, S) uint8
         rec = recon_u8.float() / 255.0  # (B, 3, S, S)
-        cpu_ref, cpu_rec = crops.cpu(), recon_u8.cpu()
+        cpu_rec = recon_u8.cpu()
         values = {"psnr": [psnr(cpu_rec[j], cpu_ref[j], data_range=255.0) for j in range(len(pending))],
                   "ssim": ssim(rec, ref).tolist()}  # fmt: skip
-        if nets.lpips is not None:
-            values["lpips"] = nets.lpips(rec, ref).tolist()  # (B,)
-        if feats_fh is not None:
-            feats, logits = nets.inception(torch.cat([ref, rec]))  # (2B, 2048), (2B, 1008)
-            b = len(pending)
-            row = torch.cat([feats[:b], feats[b:], logits[:b], logits[b:]], dim=1)  # (B, FEATURE_ROW)
-            feats_fh.write(np.ascontiguousarray(row.float().cpu().numpy()).tobytes())
+        with full_float32():
+            if nets.lpips is not None:
+                values["lpips"] = nets.lpips(rec, ref).tolist()  # (B,)
+            if feats_fh is not None:
+                feats, logits = nets.inception(torch.cat([ref, rec]))  # (2B, 2048), (2B, 1008)
+                b = len(pending)
+                row = torch.cat([feats[:b], feats[b:], logits[:b], logits[b:]], dim=1)  # (B, FEATURE_ROW)
+                feats_fh.write(np.ascontiguousarray(row.float().cpu().numpy()).tobytes())
         if tokens_fh is not None:
             tokens_fh.write(np.ascontiguousarray(codes.cpu().numpy().astype(dtype, copy=False)).tobytes())
         for j, (i, name, _, _) in enumerate(pending):
