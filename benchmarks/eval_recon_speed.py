@@ -25,12 +25,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.reference.make_fid_reference import random_inception_weights  # noqa: E402
-from tests.reference.make_lpips_ssim_reference import seeded_heads_state, seeded_vgg16_state  # noqa: E402
-from titok_cli.bench_models import build_models  # noqa: E402
-from titok_cli.eval_recon import FeatureNets, ReconSettings, eval_recon  # noqa: E402
-from titok_cli.quality.inception import FIDInceptionV3  # noqa: E402
-from titok_cli.quality.lpips import LPIPS  # noqa: E402
+from tests.reference.make_fid_reference import random_inception_weights
+from tests.reference.make_lpips_ssim_reference import (
+    seeded_heads_state,
+    seeded_vgg16_state,
+)
+from titok_cli.bench_models import build_models
+from titok_cli.eval_recon import FeatureNets, ReconSettings, eval_recon
+from titok_cli.quality.inception import FIDInceptionV3
+from titok_cli.quality.lpips import LPIPS
 
 
 class Timer:
