@@ -3,7 +3,7 @@
 How a run works (each step in its own module):
   * `inputs` streams the inputs in a deterministic order, numbered; rank r of W (torchrun) and
     DataLoader worker w of N take the inputs whose number is congruent to their slot.
-  * The main process batches the crops, runs the tokenizer and appends rows to the `scratch`
+  * `rank_batches` batches the crops, the tokenizer runs on each batch and rows go to the `scratch`
     log in `<output>.partial/rank-<r>-of-<W>/`, committed every few seconds: a rerun of the
     same command continues from the last commit (and says so before it starts).
   * When all ranks are done, rank 0 merges the scratch rows by input number (so the result
@@ -19,26 +19,23 @@ import heapq
 import json
 import os
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from . import runtime
 from .distributed import barrier, dist_info
 from .errors import ImageError, TitokError
-from .inputs import CropStream, count_inputs, has_inputs, inputs_changed_since, rank_items_before
+from .inputs import count_inputs, has_inputs, inputs_changed_since, rank_items_before
 from .outputs import OutputExistsError, check_output
+from .rank_batches import FAILURES_FILE, Item, Progress, RankJob, run_batches
 from .scratch import Scratch, fingerprint_of, read_jsonl
 from .token_file import load_tokens, manifest_path, model_header, token_dtype
 from .token_writers import row_writer
 
-Progress = Callable[[int, "int | None"], None]
-SCRATCH_FILES = ("tokens.bin", "rows.jsonl", "failures.jsonl")
+SCRATCH_FILES = ("tokens.bin", "rows.jsonl", FAILURES_FILE)
 
 
 @dataclass(frozen=True)
@@ -72,17 +69,6 @@ class EncodeResult:
     outputs: list[Path] = field(default_factory=list)  # every token file (several with shards)
     resumed_from: int = 0  # inputs already done by an earlier, interrupted run
     already_done: bool = False  # the identical run had finished before: nothing was encoded
-
-
-@dataclass(frozen=True)
-class _RankJob:
-    inputs: list[str]
-    rank: int
-    world: int
-    settings: EncodeSettings
-    progress: Progress | None
-    total: int | None
-    on_failure: Callable[[str, str], None] | None
 
 
 def encode_files(
@@ -139,7 +125,9 @@ def encode_files(
         on_resume(resumed_from, rank_total)
     try:
         if not scratch.state["done"]:
-            _encode_rank(scratch, tokenizer, _RankJob(inputs, rank, world, settings, progress, total, on_failure))
+            job = RankJob(inputs, rank, world, tokenizer.config.image_size, settings.batch_size, settings.workers,
+                          settings.strict, settings.exif_transpose, progress, total, on_failure)  # fmt: skip
+            _encode_rank(scratch, tokenizer, job)
     except ImageError:
         scratch.close()
         if world == 1:  # a strict failure would recur on rerun: leave nothing behind
@@ -208,60 +196,20 @@ def _already_done(output: Path, inputs: list[str], settings: EncodeSettings, fin
                         failures=[(f["path"], f["reason"]) for f in tf.failures], already_done=True)  # fmt: skip
 
 
-def _encode_rank(scratch: Scratch, tokenizer: Any, job: _RankJob) -> None:
+def _encode_rank(scratch: Scratch, tokenizer: Any, job: RankJob) -> None:
     """This rank's share of the inputs, appended to its scratch log with periodic commits."""
-    cfg, device, batch_size = tokenizer.config, tokenizer.device, job.settings.batch_size
+    cfg, device = tokenizer.config, tokenizer.device
     dtype = token_dtype(None if cfg.is_vae else cfg.codebook_size)
-    start = scratch.state["next_index"]
-    workers = job.settings.workers
-    loader = DataLoader(
-        CropStream(job.inputs, cfg.image_size, job.settings.exif_transpose, job.rank, job.world, start),
-        batch_size=None,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 * batch_size // max(workers, 1) + 2 if workers else None,
-    )
-    tokens_fh, rows_fh, fail_fh = (scratch.handles[f] for f in SCRATCH_FILES)
-    rows = scratch.state["rows"]
-    pending: list[tuple[int, str, int, torch.Tensor]] = []
-    next_index = start
-    last_commit = time.monotonic()
-    done = rank_items_before(job.rank, job.world, start)  # inputs of this rank already handled
-    rank_total = None if job.total is None else len(range(job.rank, job.total, job.world))
+    tokens_fh, rows_fh = scratch.handles["tokens.bin"], scratch.handles["rows.jsonl"]
 
-    def flush() -> None:
-        nonlocal rows
+    def flush(pending: list[Item]) -> None:
         batch = torch.stack([p[3] for p in pending]).to(device, non_blocking=True)  # (B, 3, S, S) uint8
         out = tokenizer.encode(batch.float() / 255.0)  # same float32 division as the official pipeline
         tokens_fh.write(np.ascontiguousarray(out.cpu().numpy().astype(dtype, copy=False)).tobytes())
         for i, name, label, _ in pending:
             rows_fh.write((json.dumps({"i": i, "path": name, "label": label}) + "\n").encode())
-        rows += len(pending)
-        pending.clear()
 
-    for i, name, label, crop, reason in loader:
-        done += 1
-        if crop is None:
-            if job.settings.strict:
-                raise ImageError(name, reason)
-            fail_fh.write((json.dumps({"i": i, "failed": name, "reason": reason}) + "\n").encode())
-            if job.on_failure is not None:
-                job.on_failure(name, reason)
-        else:
-            pending.append((i, name, label, crop))
-        if len(pending) >= batch_size:
-            flush()
-            next_index = i + 1
-            if time.monotonic() - last_commit >= runtime.commit_seconds():
-                scratch.commit(next_index, rows)
-                last_commit = time.monotonic()
-        elif not pending:
-            next_index = i + 1
-        if job.progress is not None:
-            job.progress(done, rank_total)
-    if pending:
-        flush()
-    scratch.commit(1 << 62, rows, done=True)
+    run_batches(scratch, job, device, flush)
 
 
 def _assemble(ranks: list[Path], output: Path, header: dict, cfg: Any, shard_size: int | None,

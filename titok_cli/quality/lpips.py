@@ -22,13 +22,14 @@ measured in the tests is for full float32, so a caller that wants it sets that f
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..checkpoint import load_into, read_state_dict
-from ..errors import CheckpointError
+from ..errors import CheckpointError, FeatureWeightsError, UsageError
 
 # The lpips package's ScalingLayer: the ImageNet mean/std the VGG was trained with, written for
 # inputs already mapped to [-1, 1] ((x - shift) / scale).
@@ -170,3 +171,37 @@ class LPIPS(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Distances (N,) between x and y, each (N, 3, H, W) in [0, 1]."""
         return self.layer_distances(x, y).sum(dim=1)  # (N,)
+
+
+VGG16_WEIGHTS = "vgg16"  # the two entries of titok_cli.quality.weights that LPIPS needs
+HEADS_WEIGHTS = "lpips-vgg"
+
+
+def lpips_files(paths: Sequence[str | os.PathLike] = ()) -> tuple[Path, Path]:
+    """(VGG16 file, heads file) for `--lpips`: nothing (the cache, or one download each), a
+    folder holding both under their cache names, or the two files in either order (told apart
+    by their keys: `features.*` is the VGG16, `lin*` the heads)."""
+    from .weights import known, weights_path
+
+    paths = [Path(p).expanduser() for p in paths]
+    if not paths:
+        return weights_path(VGG16_WEIGHTS), weights_path(HEADS_WEIGHTS)
+    if len(paths) == 1 and paths[0].is_dir():
+        folder = paths[0]
+        return (weights_path(VGG16_WEIGHTS, folder / known(VGG16_WEIGHTS).filename),
+                weights_path(HEADS_WEIGHTS, folder / known(HEADS_WEIGHTS).filename))  # fmt: skip
+    if len(paths) != 2:
+        raise UsageError("--lpips takes a folder holding both LPIPS weight files, or the two files "
+                         f"(torchvision's {known(VGG16_WEIGHTS).filename} and lpips' vgg.pth); got {len(paths)} paths")  # fmt: skip
+    for p in paths:
+        if not p.is_file():
+            raise FeatureWeightsError(f"{p}: no such file (LPIPS weights, given with --lpips)")
+    a, b = paths
+    a_is_vgg = any(k.startswith("features.") for k in read_state_dict(a))
+    return (a, b) if a_is_vgg else (b, a)
+
+
+def load_lpips(paths: Sequence[str | os.PathLike] = (), device: torch.device | str = "cpu") -> LPIPS:
+    """LPIPS-VGG in float32 on `device`, its weights found as `lpips_files` says."""
+    vgg16, heads = lpips_files(paths)
+    return LPIPS.from_files(vgg16, heads).to(device)
