@@ -33,7 +33,7 @@ from titok_cli.errors import (
     ImageError,
     TitokError,
 )
-from titok_cli.quality import fid, weights
+from titok_cli.quality import fid, reference_npz, weights
 from titok_cli.quality.inception import FIDInceptionV3, load_fid_inception
 
 REFERENCE = Path(__file__).parent / "data" / "fid_reference.npz"
@@ -286,13 +286,13 @@ def test_reference_npz_streams_images_and_reads_stats(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (9, 5, 4, 3), dtype=np.uint8)
     path = tmp_path / "ref.npz"
     np.savez_compressed(path, arr_0=images, mu=np.arange(3.0), sigma=np.eye(3))
-    batch = fid.read_reference_npz(path)
+    batch = reference_npz.read_reference_npz(path)
     assert (batch.count, batch.image_shape) == (9, (5, 4, 3))
     np.testing.assert_array_equal(batch.stats.mu, np.arange(3.0))
     parts = list(batch.iter_images(batch_size=4, start=3))
     assert [p.shape[0] for p in parts] == [4, 2]
     np.testing.assert_array_equal(np.concatenate(parts), images[3:])
-    tensor = fid.images_to_tensor(parts[0])
+    tensor = reference_npz.images_to_tensor(parts[0])
     assert tensor.shape == (4, 3, 5, 4) and torch.equal(tensor[1, 2], torch.from_numpy(images[4, :, :, 2]) / 255)
 
 
@@ -330,7 +330,7 @@ def _truncated_npz(path: Path) -> Path:
 def test_reference_npz_refuses_malformed_files(tmp_path, make, problem):
     path = make(tmp_path / "bad.npz")
     with pytest.raises(ImageError) as info:
-        fid.read_reference_npz(path)
+        reference_npz.read_reference_npz(path)
     assert str(info.value).startswith(f"{path}: ")
     assert problem in str(info.value)
     assert isinstance(info.value, TitokError) and info.value.exit_code == 1
@@ -338,7 +338,7 @@ def test_reference_npz_refuses_malformed_files(tmp_path, make, problem):
 
 def test_reference_npz_missing_file(tmp_path):
     with pytest.raises(ImageError, match="no such file"):
-        fid.read_reference_npz(tmp_path / "absent.npz")
+        reference_npz.read_reference_npz(tmp_path / "absent.npz")
 
 
 # -- weight files ------------------------------------------------------------------------------

@@ -33,16 +33,9 @@ import numpy as np
 import torch
 
 from .errors import ImageError, SampleCountError, TitokError
-from .quality.fid import (
-    FeatureStats,
-    ReferenceBatch,
-    feature_stats,
-    images_to_tensor,
-    inception_score,
-    precision_recall,
-    read_reference_npz,
-)
+from .quality.fid import FeatureStats, feature_stats, inception_score, precision_recall
 from .quality.inception import FEATURE_DIM, INPUT_SIZE, NUM_CLASSES, FIDInceptionV3
+from .quality.reference_npz import ReferenceBatch, images_to_tensor, read_reference_npz
 
 IS_SPLIT_SIZE = 5000  # ADM's compute_inception_score(split_size=5000)
 PR_NEIGHBOURS = 3  # ADM's nhood_sizes=(3,)

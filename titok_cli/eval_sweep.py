@@ -179,7 +179,7 @@ def run_sweep(request: SweepRequest, on_point: OnPoint | None = None, progress: 
     from .eval_gen import IS_SPLIT_SIZE, PR_NEIGHBOURS
     from .loading import load_generator
     from .pairing import pair_tokenizer
-    from .quality.fid import read_reference_npz
+    from .quality.reference_npz import read_reference_npz
     from .sample_images import resolve_classes
     from .sample_job import sample_to_npz
     from .token_file import atomic_path
@@ -270,7 +270,8 @@ def _cached_reference(path: Path, extractor: FeatureExtractor, run_dir: Path, me
 
     from .distributed import barrier, dist_info
     from .eval_gen import PR_NEIGHBOURS
-    from .quality.fid import feature_stats, read_reference_npz
+    from .quality.fid import feature_stats
+    from .quality.reference_npz import read_reference_npz
     from .token_file import atomic_path
 
     rank, _ = dist_info()
