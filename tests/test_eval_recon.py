@@ -21,14 +21,10 @@ import torch
 
 import titok_cli
 from titok_cli.encode_job import encode_files
-from titok_cli.eval_recon import (
-    FeatureNets,
-    ReconSettings,
-    eval_recon,
-    load_feature_nets,
-)
+from titok_cli.eval_recon import ReconSettings, eval_recon
 from titok_cli.metrics import psnr
 from titok_cli.preprocess import load_image
+from titok_cli.quality.feature_nets import FeatureNets, load_feature_nets
 from titok_cli.quality.fid import feature_stats, inception_score
 from titok_cli.quality.inception import FIDInceptionV3
 from titok_cli.quality.ssim import ssim

@@ -34,8 +34,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,21 +47,20 @@ from .inputs import count_inputs, has_inputs, inputs_changed_since, rank_items_b
 from .metrics import psnr
 from .outputs import check_output, row_file_names
 from .png import PngWriter
-from .quality.codebook import CodebookCounter, CodebookStats
+from .quality.codebook import CodebookCounter
+from .quality.feature_nets import FeatureNets, full_float32
 from .quality.ssim import ssim
 from .rank_batches import FAILURES_FILE, Item, Progress, RankJob, run_batches
+from .recon_result import ReconResult, read_result
 from .scratch import Scratch, fingerprint_of, read_jsonl
 from .token_file import atomic_path, model_header, token_dtype
 
-RESULT_FORMAT = "titok-eval-recon"
 FEATURES = 2048  # FID Inception pool3
 LOGITS = 1008  # FID Inception classes (IS)
 FEATURE_ROW = 2 * FEATURES + 2 * LOGITS  # per image: reference pool3, recon pool3, reference logits, recon logits
 IS_SPLITS, IS_MIN_IMAGES = 10, 500  # torch-fidelity's 10 splits from 500 images up; below, one split
 STATS_CHUNK = 1024  # feature rows per float64 accumulation step at the merge (a fixed order)
 SCRATCH_ROWS, SCRATCH_TOKENS, SCRATCH_FEATURES = "rows.jsonl", "tokens.bin", "features.bin"
-
-Inception = Callable[[torch.Tensor], Any]  # [0, 1] images (N, 3, H, W) -> (pool3 (N, 2048), logits (N, 1008))
 
 
 @dataclass(frozen=True)
@@ -81,112 +79,9 @@ class ReconSettings:
             raise TitokError("workers must be 0 or more")
 
 
-@dataclass
-class FeatureNets:
-    """The networks behind LPIPS and rFID/IS (None: that metric is skipped) and their weight files."""
-
-    lpips: torch.nn.Module | None = None
-    inception: Inception | None = None
-    weights: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # metric -> [{file, bytes}]
-
-
-def describe_weights(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
-    """A weight file's identity for the report and the run fingerprint: its name and size."""
-    return [{"file": Path(p).name, "bytes": Path(p).stat().st_size} for p in paths]
-
-
-def load_feature_nets(device: torch.device | str, *, lpips: bool = True, fid: bool = True,
-                      lpips_paths: Sequence[str | os.PathLike] = (),
-                      inception_path: str | os.PathLike | None = None) -> FeatureNets:  # fmt: skip
-    """LPIPS-VGG and the FID Inception in float32 on `device`, from the given files or the cache
-    (see `quality.weights`: offline and absent is a FeatureWeightsError naming the file)."""
-    from .quality.inception import WEIGHTS_NAME, load_fid_inception
-    from .quality.lpips import LPIPS, lpips_files
-    from .quality.weights import weights_path
-
-    nets = FeatureNets()
-    if lpips:
-        vgg16, heads = lpips_files(lpips_paths)
-        nets.lpips = LPIPS.from_files(vgg16, heads).to(device)
-        nets.weights["lpips"] = describe_weights([vgg16, heads])
-    if fid:
-        file = weights_path(WEIGHTS_NAME, inception_path)
-        nets.inception = load_fid_inception(file, device=device)
-        nets.weights["inception"] = describe_weights([file])
-    return nets
-
-
-@dataclass
-class ReconResult:
-    """The report of one `eval recon` run (means over the images that were read)."""
-
-    count: int  # images measured
-    psnr: float  # dB, mean of per-image PSNR
-    ssim: float  # mean of per-image SSIM
-    lpips: float | None  # mean of per-image LPIPS-VGG; None when skipped
-    rfid: float | None  # Fréchet distance, references vs reconstructions; None when skipped
-    inception_score: tuple[float, float] | None  # of the reconstructions: (mean, std over splits)
-    inception_score_reference: tuple[float, float] | None  # of the references, for comparison
-    codebook: CodebookStats | None  # VQ models; None for VAE models (see codebook_note)
-    codebook_note: str | None
-    model: dict[str, Any]  # where the tokenizer came from (as token files record it)
-    protocol: dict[str, Any]  # crop, quantisation, dtype, Inception resize, metric definitions
-    weights: dict[str, list[dict[str, Any]]]  # feature network weight files used
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (input, reason), skipped
-    fingerprint: str = ""
-    output: Path | None = None
-    resumed_from: int = 0  # inputs this rank had done in an earlier, interrupted run
-    already_done: bool = False  # `output` already held the report of this identical run
-
-    def to_dict(self) -> dict[str, Any]:
-        """The results file's content (JSON types only; Infinity for a lossless PSNR)."""
-        out: dict[str, Any] = {"format": RESULT_FORMAT, "version": 1}
-        for key in ("count", "psnr", "ssim", "lpips", "rfid", "inception_score", "inception_score_reference"):
-            out[key] = getattr(self, key)
-        for key in ("inception_score", "inception_score_reference"):
-            if out[key] is not None:
-                out[key] = {"mean": out[key][0], "std": out[key][1]}
-        out["codebook"] = None if self.codebook is None else {
-            **asdict(self.codebook), "position_usage": list(self.codebook.position_usage),
-            "mean_position_usage": self.codebook.mean_position_usage}  # fmt: skip
-        out.update(codebook_note=self.codebook_note, model=self.model, protocol=self.protocol,
-                   weights=self.weights, failures=[{"path": p, "reason": r} for p, r in self.failures],
-                   fingerprint=self.fingerprint)  # fmt: skip
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], output: Path | None = None) -> ReconResult:
-        def pair(value: Any) -> tuple[float, float] | None:
-            return None if value is None else (value["mean"], value["std"])
-
-        book = data.get("codebook")
-        if book is not None:
-            book = {k: v for k, v in book.items() if k != "mean_position_usage"}
-            book = CodebookStats(**{**book, "position_usage": tuple(book["position_usage"])})
-        return cls(count=data["count"], psnr=data["psnr"], ssim=data["ssim"], lpips=data["lpips"], rfid=data["rfid"],
-                   inception_score=pair(data["inception_score"]),
-                   inception_score_reference=pair(data["inception_score_reference"]), codebook=book,
-                   codebook_note=data.get("codebook_note"), model=data["model"], protocol=data["protocol"],
-                   weights=data.get("weights", {}), failures=[(f["path"], f["reason"]) for f in data["failures"]],
-                   fingerprint=data["fingerprint"], output=output)  # fmt: skip
-
-
 def quantize(pixels: torch.Tensor) -> torch.Tensor:
     """Decoder output (N, 3, S, S) float -> uint8 levels: clamp to [0, 1], round(x * 255)."""
     return (pixels.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)  # (N, 3, S, S)
-
-
-@contextmanager
-def full_float32() -> Iterator[None]:
-    """Run the feature networks' convolutions in full float32: cuDNN would use TF32 by default,
-    and the agreement with the reference implementations was measured without it."""
-    cudnn = torch.backends.cudnn
-    before = cudnn.allow_tf32
-    cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        cudnn.allow_tf32 = before
 
 
 def protocol_of(tokenizer: Any, nets: FeatureNets, settings: ReconSettings) -> dict[str, Any]:
@@ -249,7 +144,7 @@ def eval_recon(
              "save_recon": None if settings.save_recon is None else os.path.abspath(settings.save_recon)}  # fmt: skip
     fingerprint = fingerprint_of(parts)
     if output is not None and output.is_file() and not overwrite:
-        done = _read_result(output)
+        done = read_result(output)
         if done is not None and done.fingerprint == fingerprint and \
                 not inputs_changed_since(inputs, output.stat().st_mtime_ns, None):
             done.already_done = True
@@ -303,17 +198,6 @@ def eval_recon(
         raise result
     result.resumed_from = resumed_from
     return result
-
-
-def _read_result(path: Path) -> ReconResult | None:
-    """The report in `path`, or None when it is not one (then the overwrite rule decides)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or data.get("format") != RESULT_FORMAT:
-            return None
-        return ReconResult.from_dict(data, path)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def _share(result: ReconResult | TitokError | None) -> ReconResult | TitokError:
@@ -434,4 +318,4 @@ def _distribution_metrics(ranks: list[Path], counts: list[int], order: list[tupl
             inception_score(torch.from_numpy(logits[:, LOGITS:]), splits))  # fmt: skip
 
 
-__all__ = ["FeatureNets", "ReconResult", "ReconSettings", "eval_recon", "load_feature_nets", "quantize"]
+__all__ = ["ReconSettings", "eval_recon", "quantize"]

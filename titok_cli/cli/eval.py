@@ -32,7 +32,7 @@ from .decode import OverwriteOpt
 from .failures import guarded
 
 if TYPE_CHECKING:  # pragma: no cover
-    from titok_cli.eval_recon import ReconResult
+    from titok_cli.recon_result import ReconResult
 
 SUMMARY_FAILURES = 10  # failures repeated in the closing summary (all of them are in the results file)
 
@@ -115,7 +115,8 @@ def recon(
         raise usage_error("--inception and --no-fid contradict each other")
     from titok_cli import load_tokenizer
     from titok_cli.distributed import dist_info, rank_device
-    from titok_cli.eval_recon import ReconSettings, eval_recon, load_feature_nets
+    from titok_cli.eval_recon import ReconSettings, eval_recon
+    from titok_cli.quality.feature_nets import load_feature_nets
 
     dev, dt = device_and_dtype(rank_device(device), dtype)
     rank, _ = dist_info()
