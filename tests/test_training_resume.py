@@ -25,7 +25,8 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the same float rounding in every proces
 # (after the checkpoint of step 10, before the one of step 15).
 KILLED = """
 import os, signal, sys
-from titok_cli.training.generator_job import TrainSettings, train_generator
+from titok_cli.training.generator_job import train_generator
+from titok_cli.training.generator_settings import TrainSettings
 def step(m):
     if m["step"] == 13:
         os.kill(os.getpid(), signal.SIGKILL)

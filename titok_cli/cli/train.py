@@ -84,7 +84,8 @@ def train(
 
     Example:  titok train tokens.npz -o run/ --generator titok-l32-gen --steps 20000
     """
-    from titok_cli.training.generator_job import TrainSettings, train_generator
+    from titok_cli.training.generator_job import train_generator
+    from titok_cli.training.generator_settings import TrainSettings
 
     settings = TrainSettings(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, end_lr=end_lr,
                              warmup_steps=warmup_steps, weight_decay=weight_decay,

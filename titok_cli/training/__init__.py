@@ -8,6 +8,7 @@ The generic parts know nothing about generators:
   loop.py        optimizer, accumulation, clipping, autocast, DDP, metrics: one step at a time
 The generator-specific parts:
   generator_objective.py  the official MaskGIT objective (arccos masking, label dropout, loss)
+  generator_settings.py   `TrainSettings` (official trainer defaults, checks) and `TrainResult`
   generator_job.py        `train_generator`: token files + a generator config -> RUN_DIR/final
 
     from titok_cli.training import TrainSettings, train_generator
@@ -17,7 +18,7 @@ The generator-specific parts:
 
 from __future__ import annotations
 
-_LAZY = {"TrainSettings": "generator_job", "TrainResult": "generator_job", "train_generator": "generator_job"}
+_LAZY = {"TrainSettings": "generator_settings", "TrainResult": "generator_settings", "train_generator": "generator_job"}
 
 __all__ = sorted(_LAZY)
 

@@ -11,10 +11,9 @@ differ from the checkpoint's is refused instead of silently mixing two runs.
 
 from __future__ import annotations
 
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -29,102 +28,14 @@ from . import checkpoint as ckpt_io
 from .data import EpochSampler, TokenDataset
 from .ema import EMA
 from .generator_objective import MaskGITObjective, draw_step, loss_sums, model_inputs, weights_of
-from .loop import (PRECISIONS, MetricsLog, adamw, all_reduce_sum, autocast, gather_objects, memory_mb, no_sync,
-                   set_deterministic, train_mode, wrap_ddp)  # fmt: skip
+from .generator_settings import TrainResult, TrainSettings
+from .loop import (MetricsLog, adamw, all_reduce_sum, autocast, gather_objects, memory_mb, no_sync, set_deterministic,
+                   train_mode, wrap_ddp)  # fmt: skip
 from .schedule import WarmupCosine
 
 FINAL = "final"
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """How to train; defaults are the official MaskGIT trainer's (configs/training/generator/maskgit.yaml).
-
-    `batch_size` is the global batch of one optimizer step, split evenly over torchrun ranks and
-    `grad_accum` micro-batches (official: 64 per GPU x 32 GPUs = 2048). `warmup_steps` None is 2%
-    of `steps` (the official 10k of 500k)."""
-
-    steps: int = 1000
-    batch_size: int = 64
-    grad_accum: int = 1
-    lr: float = 2e-4
-    end_lr: float = 1e-5
-    warmup_steps: int | None = None
-    weight_decay: float = 0.03
-    beta1: float = 0.9
-    beta2: float = 0.96
-    max_grad_norm: float | None = 1.0
-    ema_decay: float = 0.999
-    seed: int = 42
-    precision: str = "float32"  # or "bf16" (autocast; weights and optimizer stay float32)
-    label_smoothing: float = 0.1
-    unmasked_weight: float = 0.1
-    class_dropout: float | None = None  # None: the generator config's class_label_dropout
-    # not part of the result:
-    device: str = "auto"
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 1
-    deterministic: bool = False
-    compile: bool = False  # torch.compile the training forward (float rounding differs slightly from eager)
-    sample_every: int | None = None  # write RUN_DIR/samples/step-<N>.png every N steps (EMA weights)
-
-    RESULT_KEYS = ("steps", "batch_size", "grad_accum", "lr", "end_lr", "warmup_steps", "weight_decay", "beta1",
-                   "beta2", "max_grad_norm", "ema_decay", "seed", "precision", "label_smoothing",
-                   "unmasked_weight", "class_dropout")  # fmt: skip
-
-    def check(self) -> None:
-        """UsageError for values no run can use (before anything is loaded)."""
-        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.sample_every is not None and self.sample_every < 1:
-            raise UsageError(f"sample-every must be >= 1, got {self.sample_every}")
-        if self.batch_size % self.grad_accum:
-            raise UsageError(f"batch size {self.batch_size} is not a multiple of --grad-accum {self.grad_accum}")
-        if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.end_lr) and self.end_lr >= 0):
-            raise UsageError("the learning rate must be > 0 and the end learning rate >= 0 (finite numbers)")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise UsageError(f"weight decay must be a finite number >= 0, got {self.weight_decay}")
-        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
-            raise UsageError(f"max grad norm must be a finite number > 0 (or off), got {self.max_grad_norm}")
-        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
-            raise UsageError(f"warm-up steps must be in 0..{self.steps}, got {self.warmup_steps}")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        for name in ("label_smoothing", "unmasked_weight", "ema_decay", "beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise UsageError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
-        if self.class_dropout is not None and not 0.0 <= self.class_dropout <= 1.0:
-            raise UsageError(f"class dropout must be in [0, 1], got {self.class_dropout}")
-
-    def resolved(self) -> "TrainSettings":
-        warm = self.warmup_steps if self.warmup_steps is not None else round(0.02 * self.steps)
-        return replace(self, warmup_steps=warm)
-
-    def result_part(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.RESULT_KEYS}
-
-
-@dataclass
-class TrainResult:
-    """What a finished `train_generator` call reports (rank 0's view)."""
-
-    run_dir: Path
-    final: Path | None
-    steps: int
-    resumed_from: int
-    rows: int
-    world: int
-    last: dict[str, Any] = field(default_factory=dict)
-    rank: int = 0
-
-    def as_json(self) -> dict[str, Any]:
-        return {"run_dir": str(self.run_dir), "final": str(self.final) if self.final else None, "steps": self.steps,
-                "resumed_from": self.resumed_from, "rows": self.rows, "world_size": self.world,
-                "last": self.last}  # fmt: skip
 
 
 # -- the generator to train ----------------------------------------------------------------------------
