@@ -78,6 +78,9 @@ PresetOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="Print only what scripts need.")]
 JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print the result as JSON on stdout.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace what is already in the output.")]
+ExifOpt = Annotated[
+    bool, typer.Option("--exif-transpose", metavar="", help="Apply EXIF orientation first (the official pipeline ignores it).")
+]
 GridOpt = Annotated[
     Path | None, typer.Option("--grid", metavar="FILE.png", help="Also write a contact sheet of all images (PNG).")
 ]
@@ -203,6 +206,21 @@ def progress_bar(description: str, total: int | None, quiet: bool = False) -> It
             bar.update(task, completed=done)
 
         yield ProgressHandle(update, bar.console)
+
+
+@contextmanager
+def rank_job_reporting(description: str, hide: bool) -> Iterator[dict[str, Any]]:
+    """The bar and the notes of a resumable per-rank job (encode, eval recon), as the keyword
+    arguments `on_resume`, `on_failure` and `progress` of its library call."""
+    with progress_bar(description, None, hide) as update:
+
+        def resuming(done: int, total: int | None) -> None:
+            if not hide:
+                update.echo(f"resuming: {done} of {total} done" if total is not None else f"resuming: {done} "
+                            "inputs done", style="dim")  # fmt: skip
+
+        yield {"on_resume": resuming, "on_failure": lambda path, reason: update.echo(f"{path}: {reason}"),
+               "progress": update if draws_progress(hide) else None}  # no bar: no counting walk of the tree
 
 
 # -- device, dtype ---------------------------------------------------------------------------

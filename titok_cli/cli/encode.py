@@ -12,6 +12,7 @@ from .common import (
     BatchOpt,
     DeviceOpt,
     DtypeOpt,
+    ExifOpt,
     HelpOpt,
     JsonOpt,
     OverwriteOpt,
@@ -20,11 +21,10 @@ from .common import (
     WorkersOpt,
     at_least,
     device_and_dtype,
-    draws_progress,
     note,
     plural,
     print_json,
-    progress_bar,
+    rank_job_reporting,
     say,
 )
 
@@ -55,10 +55,7 @@ def encode(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     strict: Annotated[bool, typer.Option("--strict", metavar="", help="Stop at the first bad file and write nothing.")] = False,
-    exif_transpose: Annotated[
-        bool,
-        typer.Option("--exif-transpose", metavar="", help="Apply EXIF orientation first (the official pipeline ignores it)."),
-    ] = False,
+    exif_transpose: ExifOpt = False,
     shard_size: Annotated[
         int | None,
         typer.Option("--shard-size", metavar="ROWS", callback=at_least(1),
@@ -93,18 +90,10 @@ def encode(
     rank, _ = dist_info()
     tok = load_tokenizer(model, device=dev, dtype=dt, preset=preset)
     hide = quiet or json_output or rank != 0
-    with progress_bar("encoding", None, hide) as update:
-
-        def resuming(done: int, total: int | None) -> None:
-            if not hide:
-                update.echo(f"resuming: {done} of {total} done" if total is not None else f"resuming: {done} "
-                            "inputs done", style="dim")  # fmt: skip
-
+    with rank_job_reporting("encoding", hide) as reporting:
         result = encode_files(
             inputs, output, tok, batch_size=batch_size, workers=workers, strict=strict or _one_image(inputs),
-            exif_transpose=exif_transpose, shard_size=shard_size, overwrite=overwrite, on_resume=resuming,
-            on_failure=lambda path, reason: update.echo(f"{path}: {reason}"),
-            progress=update if draws_progress(hide) else None,  # no bar: no counting walk of the tree
+            exif_transpose=exif_transpose, shard_size=shard_size, overwrite=overwrite, **reporting,
         )  # fmt: skip
     if rank != 0:
         return  # rank 0 reports for everyone

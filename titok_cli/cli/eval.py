@@ -13,18 +13,18 @@ from .common import (
     BatchOpt,
     DeviceOpt,
     DtypeOpt,
+    ExifOpt,
     HelpOpt,
     JsonOpt,
     PresetOpt,
     QuietOpt,
     WorkersOpt,
     device_and_dtype,
-    draws_progress,
     note,
     out_console,
     plural,
     print_json,
-    progress_bar,
+    rank_job_reporting,
     say,
     usage_error,
 )
@@ -84,10 +84,7 @@ def recon(
     ] = None,  # fmt: skip
     no_lpips: Annotated[bool, typer.Option("--no-lpips", metavar="", help="Skip LPIPS (needs no LPIPS weights).")] = False,
     no_fid: Annotated[bool, typer.Option("--no-fid", metavar="", help="Skip rFID and IS (needs no Inception weights).")] = False,
-    exif_transpose: Annotated[
-        bool,
-        typer.Option("--exif-transpose", metavar="", help="Apply EXIF orientation first (the official pipeline ignores it)."),
-    ] = False,
+    exif_transpose: ExifOpt = False,
     overwrite: OverwriteOpt = False,
     preset: PresetOpt = None,
     quiet: QuietOpt = False,
@@ -126,18 +123,8 @@ def recon(
     tok = load_tokenizer(model, device=dev, dtype=dt, preset=preset)
     hide = quiet or json_output or rank != 0
     settings = ReconSettings(batch_size, workers, exif_transpose, save_recon)
-    with progress_bar("evaluating", None, hide) as update:
-
-        def resuming(done: int, total: int | None) -> None:
-            if not hide:
-                update.echo(f"resuming: {done} of {total} done" if total is not None else f"resuming: {done} "
-                            "inputs done", style="dim")  # fmt: skip
-
-        result = eval_recon(
-            inputs, tok, nets, settings, output=output, overwrite=overwrite, on_resume=resuming,
-            on_failure=lambda path, reason: update.echo(f"{path}: {reason}"),
-            progress=update if draws_progress(hide) else None,
-        )  # fmt: skip
+    with rank_job_reporting("evaluating", hide) as reporting:
+        result = eval_recon(inputs, tok, nets, settings, output=output, overwrite=overwrite, **reporting)
     if rank != 0:
         return  # rank 0 reports for everyone
     if json_output:
