@@ -28,9 +28,9 @@ import torch
 
 from .distributed import barrier, dist_info
 from .errors import ImageError, TitokError
-from .inputs import count_inputs, has_inputs, inputs_changed_since, rank_items_before
+from .inputs import count_inputs, has_inputs, inputs_changed_since
 from .outputs import OutputExistsError, check_output
-from .rank_batches import FAILURES_FILE, Item, Progress, RankJob, run_batches
+from .rank_batches import FAILURES_FILE, Item, Progress, RankJob, resume_point, run_batches
 from .scratch import Scratch, fingerprint_of, read_jsonl
 from .token_file import load_tokens, manifest_path, model_header, token_dtype
 from .token_writers import row_writer
@@ -116,13 +116,7 @@ def encode_files(
 
     partial = output.with_name(output.name + ".partial")
     scratch = Scratch(partial / f"rank-{rank:05d}-of-{world:05d}", {**parts, "ranks": world}, SCRATCH_FILES)
-    rank_total = None if total is None else len(range(rank, total, world))
-    if scratch.state["done"]:
-        resumed_from = rank_total if rank_total is not None else scratch.state["rows"]
-    else:
-        resumed_from = rank_items_before(rank, world, scratch.state["next_index"])
-    if resumed_from and on_resume is not None:
-        on_resume(resumed_from, rank_total)
+    resumed_from = resume_point(scratch, rank, world, total, on_resume)
     try:
         if not scratch.state["done"]:
             job = RankJob(inputs, rank, world, tokenizer.config.image_size, settings.batch_size, settings.workers,

@@ -43,14 +43,14 @@ import torch
 
 from .distributed import barrier, dist_info
 from .errors import TitokError
-from .inputs import count_inputs, has_inputs, inputs_changed_since, rank_items_before
+from .inputs import count_inputs, has_inputs, inputs_changed_since
 from .metrics import psnr
 from .outputs import check_output, row_file_names
 from .png import PngWriter
 from .quality.codebook import CodebookCounter
 from .quality.feature_nets import FeatureNets, full_float32
 from .quality.ssim import ssim
-from .rank_batches import FAILURES_FILE, Item, Progress, RankJob, run_batches
+from .rank_batches import FAILURES_FILE, Item, Progress, RankJob, resume_point, run_batches
 from .recon_result import ReconResult, read_result
 from .scratch import Scratch, fingerprint_of, read_jsonl
 from .token_file import atomic_path, model_header, token_dtype
@@ -164,13 +164,7 @@ def eval_recon(
     if settings.save_recon is not None and fresh:
         check_output(settings.save_recon, overwrite)
     barrier()  # every rank has checked the PNG folder before any rank writes into it
-    rank_total = None if total is None else len(range(rank, total, world))
-    if scratch.state["done"]:
-        resumed_from = rank_total if rank_total is not None else scratch.state["rows"]
-    else:
-        resumed_from = rank_items_before(rank, world, scratch.state["next_index"])
-    if resumed_from and on_resume is not None:
-        on_resume(resumed_from, rank_total)
+    resumed_from = resume_point(scratch, rank, world, total, on_resume)
     try:
         if not scratch.state["done"]:
             job = RankJob(inputs, rank, world, cfg.image_size, settings.batch_size, settings.workers, False,

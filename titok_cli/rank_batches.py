@@ -46,6 +46,19 @@ class RankJob:
     on_failure: Callable[[str, str], None] | None = None
 
 
+def resume_point(scratch: Scratch, rank: int, world: int, total: int | None,
+                 on_resume: Callable[[int, int | None], None] | None) -> int:
+    """How many of this rank's inputs an interrupted earlier run already handled (told to `on_resume`)."""
+    rank_total = None if total is None else len(range(rank, total, world))
+    if scratch.state["done"]:
+        resumed_from = rank_total if rank_total is not None else scratch.state["rows"]
+    else:
+        resumed_from = rank_items_before(rank, world, scratch.state["next_index"])
+    if resumed_from and on_resume is not None:
+        on_resume(resumed_from, rank_total)
+    return resumed_from
+
+
 def run_batches(scratch: Scratch, job: RankJob, device: torch.device, flush: Callable[[list[Item]], None]) -> None:
     """Feed this rank's remaining inputs to `flush` in batches of `job.batch_size`, then commit as done.
 
