@@ -70,12 +70,9 @@ class SweepRequest:
 
     def check(self) -> None:
         """UsageError (naming the flag) before any model loads."""
-        if bool(self.classes) == self.all_classes:
-            raise UsageError("give --class (repeatable) or --all-classes")
-        if self.per_class < 1:
-            raise UsageError(f"--num must be >= 1, not {self.per_class}")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1, not {self.batch_size}")
+        from .sample_request import check_draws
+
+        check_draws(self.classes, self.all_classes, self.per_class, self.batch_size)
         if self.classes and len(self.classes) * self.per_class < 4:  # k=3 neighbours need 4 points
             n = len(self.classes)
             raise UsageError(f"{n} class{'es' if n != 1 else ''} x {self.per_class} images per class is too few: "

@@ -20,6 +20,16 @@ from .sampling_params import SamplingParams
 from .seeds import SEED_RULE
 
 
+def check_draws(classes: Sequence[str | int], all_classes: bool, per_class: int, batch_size: int) -> None:
+    """UsageError (naming the flag) for a class choice, count or batch size that cannot sample."""
+    if bool(classes) == all_classes:
+        raise UsageError("give --class (repeatable) or --all-classes")
+    if per_class < 1:
+        raise UsageError(f"--num must be >= 1, not {per_class}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, not {batch_size}")
+
+
 @dataclass(frozen=True)
 class SampleRequest:
     """Everything `titok sample` takes; `overrides` holds SamplingParams fields (None = the model's)."""
@@ -42,12 +52,7 @@ class SampleRequest:
 
     def check(self) -> None:
         """UsageError (naming the flag) for values and combinations that cannot work."""
-        if bool(self.classes) == self.all_classes:
-            raise UsageError("give --class (repeatable) or --all-classes")
-        if self.per_class < 1:
-            raise UsageError(f"--num must be >= 1, not {self.per_class}")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1, not {self.batch_size}")
+        check_draws(self.classes, self.all_classes, self.per_class, self.batch_size)
         SamplingParams.check(**self.overrides)
         check_output_file(self.grid, (".png",), "--grid")
         check_output_file(self.save_tokens, (".npy",), "--save-tokens")
