@@ -28,6 +28,7 @@ from .errors import (
     UnknownModelError,
     UsageError,
 )
+from .lazy import lazy_attribute
 from .config import GeneratorConfig, TokenizerConfig
 from .registry import available_models
 
@@ -93,14 +94,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'titok_cli' has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+    return lazy_attribute(__name__, _LAZY, name)
 
 
 def __dir__() -> list[str]:

@@ -18,17 +18,12 @@ The generator-specific parts:
 
 from __future__ import annotations
 
+from ..lazy import lazy_attribute
+
 _LAZY = {"TrainSettings": "generator_settings", "TrainResult": "generator_settings", "train_generator": "generator_job"}
 
 __all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+    return lazy_attribute(__name__, _LAZY, name)
