@@ -220,13 +220,14 @@ def gemm_backends(device: torch.device, dtype: torch.dtype, n: int) -> dict[str,
     models/layers.py); they differ by 2x on AMD CPUs, so a peak from `torch.mm` alone would be
     the slower library's, not the machine's. Elsewhere ATen's mm is the only route.
     """
+    from . import runtime
     from .models import layers
 
     a = torch.randn(n, n, device=device, dtype=dtype)
     bmat = torch.randn(n, n, device=device, dtype=dtype)
     out = torch.empty(n, n, device=device, dtype=dtype)
     fns: dict[str, Callable[[], Any]] = {"aten_mm": lambda: torch.mm(a, bmat, out=out)}
-    if device.type == "cpu" and dtype == torch.float32 and layers._ONEDNN_LINEAR:
+    if device.type == "cpu" and dtype == torch.float32 and runtime.onednn_linear():
 
         def onednn() -> torch.Tensor:
             with torch.no_grad():

@@ -53,13 +53,6 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return F.gelu(F.linear(x, weight, bias))
 
 
-def __getattr__(name: str):
-    # `_ONEDNN_LINEAR` was a module constant; bench.py still reads it until it asks runtime.
-    if name == "_ONEDNN_LINEAR":
-        return runtime.onednn_linear()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 class Linear(nn.Linear):
     """nn.Linear (same parameters and state-dict keys) whose forward is `linear` above."""
 
