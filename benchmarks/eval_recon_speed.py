@@ -31,7 +31,8 @@ from tests.reference.make_lpips_ssim_reference import (
     seeded_vgg16_state,
 )
 from titok_cli.bench_models import build_models
-from titok_cli.eval_recon import FeatureNets, ReconSettings, eval_recon
+from titok_cli.eval_recon import ReconSettings, eval_recon
+from titok_cli.quality.feature_nets import FeatureNets
 from titok_cli.quality.inception import FIDInceptionV3
 from titok_cli.quality.lpips import LPIPS
 

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CASES = ("tok_vq_legacy_tiny", "tok_vq_tiny", "tok_vae_tiny", "gen_vit_tiny", "gen_uvit_tiny")
 MARKER = ".titok-demo"  # only a folder holding this file is ever deleted by a rerun
 TOK, VAE, GEN = "golden/tok_vq_legacy_tiny", "golden/tok_vae_tiny", "golden/gen_vit_tiny"
+INCEPTION = "feature-weights/pt_inception-2015-12-05-6726825d.pth"
 
 
 def hub_cache(cache: Path, repo_id: str, folder: Path, files: tuple[str, ...]) -> Path:
@@ -89,6 +90,8 @@ def build(out: Path, shared: Path) -> dict[str, Path]:
     shutil.copytree(shared / "images", out / "images")
     broken_folder(out / "broken", shared / "images")
     class_folders(out / "classes", shared / "images")
+    feature_weights(out / "feature-weights")
+    reference_batch(out / "ref.npz", out / "classes")
     (out / "examples").symlink_to(ROOT / "examples")
     return snapshots
 
@@ -103,6 +106,51 @@ def class_folders(dest: Path, photos: Path) -> None:
             rgb = im.convert("RGB")
             rgb.save(folder / f"{path.stem}.png")
             rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / f"{path.stem}_flip.png")
+
+
+def _seeded_state(module, seed: int, nonnegative: bool = False) -> dict:
+    """The module's state dict refilled with seeded random values of a sane scale (He-normal weights,
+    positive BatchNorm variances): the demo's stand-in for weights it cannot download offline."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, value in module.state_dict().items():
+        if not value.is_floating_point():
+            out[key] = value
+        elif key.endswith("running_var"):
+            out[key] = torch.rand(value.shape, generator=gen) + 0.5
+        elif value.dim() == 1:
+            out[key] = torch.randn(value.shape, generator=gen) * 0.01
+        else:
+            out[key] = torch.randn(value.shape, generator=gen) * (2.0 / value[0].numel()) ** 0.5
+        if nonnegative:
+            out[key] = out[key].abs()
+    return out
+
+
+def feature_weights(dest: Path) -> None:
+    """Seeded random FID Inception and LPIPS weight files, under the names the cache would use."""
+    import torch
+
+    from titok_cli.quality.inception import FIDInceptionV3
+    from titok_cli.quality.lpips import LPIPS
+
+    dest.mkdir(parents=True)
+    lpips = LPIPS()
+    torch.save(_seeded_state(FIDInceptionV3(), 1), dest / "pt_inception-2015-12-05-6726825d.pth")
+    torch.save(_seeded_state(lpips.backbone, 2), dest / "vgg16-397923af.pth")
+    torch.save(_seeded_state(lpips.heads, 3, nonnegative=True), dest / "lpips-v0.1-vgg.pth")
+
+
+def reference_batch(path: Path, photos: Path) -> None:
+    """An ADM-format reference archive (`arr_0`, uint8 [N, 64, 64, 3]) of the class-folder photos."""
+    import numpy as np
+
+    from titok_cli.preprocess import load_image
+
+    images = [np.asarray(load_image(p, 64)) for p in sorted(photos.rglob("*.png"))]
+    np.savez(path, arr_0=np.stack(images))
 
 
 def run(command: str, cwd: Path, env: dict[str, str]) -> tuple[int, str]:
@@ -177,6 +225,17 @@ def sections(snapshots: dict[str, Path], skip_slow: bool) -> list[tuple[str, lis
             (f"titok info {gen_snapshot}/model.safetensors --json", ""),
             ("titok info broken/notes.png", ""),
         ]),
+        ("Evaluating", [
+            (f"titok eval recon examples/images --model {TOK} --lpips feature-weights --inception {INCEPTION} "
+             "-o out/recon.json", ""),
+            (f"titok eval recon examples/images --model {TOK} -o out/recon-offline.json",
+             "offline, and the weights are not in the cache"),
+            (f"titok eval gen fid.npz --ref ref.npz --inception {INCEPTION} --expect 50", ""),
+            (f"titok eval gen fid.npz --ref ref.npz --inception {INCEPTION} --expect 50000", ""),
+            (f"titok eval sweep --model {GEN} --tokenizer {TOK} --ref ref.npz --guidance-scale 1,4 "
+             f"--temperature 1,4.5 -c 0 -c 1 -n 2 --inception {INCEPTION} -o out/sweep", ""),
+            ("ls out/sweep", ""),
+        ]),
         ("titok train", [
             (f"titok encode classes -o out/classes.npz --model {TOK}", ""),
             (f"titok train out/classes.npz -o run --generator {GEN} --steps 60 -b 8 --checkpoint-every 20", ""),
@@ -216,7 +275,7 @@ def main() -> None:
     out = args.out.resolve()
     snapshots = build(out, args.shared.resolve())
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "TITOK_DEBUG", "NO_COLOR", "FORCE_COLOR")}
-    env.update(HF_HUB_CACHE=str(out / "hf-cache"), HF_HUB_OFFLINE="1", COLUMNS=str(args.columns),
+    env.update(HF_HUB_CACHE=str(out / "hf-cache"), HF_HOME=str(out / "hf-home"), HF_HUB_OFFLINE="1", COLUMNS=str(args.columns),
                PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))  # fmt: skip
 
     doc = io.StringIO()

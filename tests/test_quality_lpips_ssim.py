@@ -1,7 +1,7 @@
 """LPIPS-VGG and SSIM against the lpips package, scikit-image and pytorch-msssim.
 
 The reference values in tests/data/lpips_ssim_reference.npz were made by
-tests/reference/make_lpips_ssim_reference.py (how: tests/reference/LPIPS_SSIM.md) on real photos
+tests/reference/make_lpips_ssim_reference.py (how: tests/reference/README.md) on real photos
 cropped by titok_cli and degraded copies stored beside them; LPIPS weights are rebuilt here from
 the same seeds. Measured when written (CPU): LPIPS within 1.5e-8 of lpips; float32 SSIM within
 2.6e-6 of scikit-image (float64) and 2.0e-6 of pytorch-msssim; the bound asserted is 1e-4.

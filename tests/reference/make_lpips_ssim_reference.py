@@ -1,6 +1,6 @@
 """Make tests/data/lpips_ssim_reference.npz: LPIPS and SSIM from the reference packages.
 
-Run once, in a throwaway environment that has the reference packages (see LPIPS_SSIM.md):
+Run once, in a throwaway environment that has the reference packages (see README.md, section "LPIPS and SSIM"):
 
     PYTHONPATH=$PWD /work/venv-lpips/bin/python tests/reference/make_lpips_ssim_reference.py
 
