@@ -120,6 +120,8 @@ def _seeded_state(module, seed: int, nonnegative: bool = False) -> dict:
             out[key] = value
         elif key.endswith("running_var"):
             out[key] = torch.rand(value.shape, generator=gen) + 0.5
+        elif value.dim() == 1 and key.endswith(".weight"):  # normalisation scales
+            out[key] = 1 + torch.randn(value.shape, generator=gen) * 0.1
         elif value.dim() == 1:
             out[key] = torch.randn(value.shape, generator=gen) * 0.01
         else:

@@ -243,3 +243,12 @@ def test_cli_bad_input_is_one_line(token_set, tmp_path):
     assert res.returncode == 1
     assert res.stderr.strip().count("\n") == 0 and res.stderr.startswith("error: ") and "no class labels" in res.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_hub_repo_id_names_the_generator_and_its_weights_start_the_run(hub_cache, token_set, tmp_path, golden):
+    """--generator takes what load_generator takes: `golden/gen_vit_tiny` from the (offline) Hub cache."""
+    start = load_file(str(golden / "gen_vit_tiny" / "model.safetensors"))
+    one_step = TrainSettings(steps=1, **{**QUICK, "warmup_steps": 1})  # lr 0: the weights stay as they start
+    train_generator([token_set], tmp_path / "hub", "golden/gen_vit_tiny", settings=one_step)
+    got = load_file(str(tmp_path / "hub" / "final" / "model.safetensors"))
+    assert set(got) == set(start) and all(torch.equal(got[k], start[k]) for k in start)

@@ -43,7 +43,8 @@ METRICS = "metrics.jsonl"
 
 def generator_spec(spec: str | os.PathLike) -> tuple[dict[str, Any], Path | None]:
     """(official nested config, folder whose weights start the run or None) for --generator:
-    a registry name (architecture only), a config.json file, or a folder with config.json (+ weights)."""
+    a registry name (architecture only), a config.json file, a folder with config.json (+ weights), or a
+    Hub repo id (its snapshot is such a folder)."""
     from .. import registry
 
     path = Path(spec).expanduser()
@@ -58,7 +59,13 @@ def generator_spec(spec: str | os.PathLike) -> tuple[dict[str, Any], Path | None
     if entry is None:
         if str(spec).endswith(".json") or str(spec).startswith((".", "/", "~")):
             raise ConfigError(f"{path}: no such file or folder")
-        raise registry.unknown_model(str(spec), "generator", "a registry name, a config.json or a folder")
+        if "/" not in str(spec):
+            raise registry.unknown_model(str(spec), "generator", "a registry name, a config.json or a folder")
+        from ..hub import resolve  # a Hub repo id (owner/name[@rev], owner/name:file): like load_generator
+
+        found = resolve(str(spec), "generator")
+        weights = found.source.weights
+        return found.config, weights.parent if weights is not None and weights.name == "model.safetensors" else None
     if entry.kind != "generator":
         entry = registry.get(entry.generator) if entry.generator else entry
     if entry.kind != "generator":
