@@ -71,7 +71,7 @@ def test_final_folder_records_its_tokenizer_and_the_official_layout(trained):
     run, result = trained
     doc = json.loads((run / "final" / "config.json").read_text())
     assert doc["model"]["generator"]["hidden_size"] == 64 and doc["model"]["vq_model"]["codebook_size"] == 256
-    assert doc["experiment"]["tokenizer"]["name"] == str(TOKENIZER) and doc["experiment"]["tokenizer"]["num_tokens"] == 8
+    assert doc["experiment"]["tokenizer"]["name"] == str(TOKENIZER.resolve()) and doc["experiment"]["tokenizer"]["num_tokens"] == 8
     assert doc["losses"] == {"label_smoothing": 0.1, "loss_weight_unmasked_token": 0.1}
     assert doc["training"]["max_train_steps"] == 60 and result.final == run / "final"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-00000050.safetensors",
