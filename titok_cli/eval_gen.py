@@ -23,8 +23,7 @@ logits of every sample and reference image, (2048 + 1008) x 4 bytes each: 0.6 GB
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import torch
 
 from .errors import ImageError, SampleCountError, TitokError
 from .quality.fid import FeatureStats, feature_stats, inception_score, precision_recall
+from .quality.feature_nets import full_float32
 from .quality.inception import FEATURE_DIM, INPUT_SIZE, NUM_CLASSES, FIDInceptionV3
 from .quality.reference_npz import ReferenceBatch, images_to_tensor, read_reference_npz
 
@@ -131,7 +131,7 @@ class FeatureExtractor:
         start, stop = bounds[rank], bounds[rank + 1]
         feats, logits = [], []
         done = 0
-        with _no_tf32():
+        with full_float32():
             for batch in archive.iter_images(self.batch_size, start, stop):
                 out = self.model(images_to_tensor(batch).to(self.device))  # (B, 2048), (B, 1008)
                 feats.append(out.features.float())
@@ -155,17 +155,6 @@ class FeatureExtractor:
                 "device": str(self.device), "fid": "ADM/pytorch-fid: float64 mean, N-1 covariance",
                 "inception_score": f"ADM: chunks of {IS_SPLIT_SIZE} in file order, softmax without fc bias",
                 "precision_recall": f"ADM: k={PR_NEIGHBOURS} nearest-neighbour manifolds on pool3"}  # fmt: skip
-
-
-@contextmanager
-def _no_tf32() -> Iterator[None]:
-    """True float32 on CUDA: PyTorch lets cuDNN convolutions use TF32 (10-bit mantissa) by default."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _gather_rows(mine: torch.Tensor, counts: list[int]) -> torch.Tensor | None:

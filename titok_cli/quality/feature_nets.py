@@ -51,12 +51,11 @@ def load_feature_nets(device: torch.device | str, *, lpips: bool = True, fid: bo
 
 @contextmanager
 def full_float32() -> Iterator[None]:
-    """Run the feature networks' convolutions in full float32: cuDNN would use TF32 by default,
-    and the agreement with the reference implementations was measured without it."""
-    cudnn = torch.backends.cudnn
-    before = cudnn.allow_tf32
-    cudnn.allow_tf32 = False
+    """Run the feature networks in full float32 on CUDA: PyTorch lets cuDNN convolutions (and may let
+    matmuls) use TF32, and the agreement with the reference implementations was measured without it."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         yield
     finally:
-        cudnn.allow_tf32 = before
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
