@@ -36,8 +36,7 @@ from .eval_gen import (
     load_reference,
     open_samples,
 )
-from .sampling_params import FLAGS
-from .sweep_grid import TITLES, build_grid, parse_axis
+from .sweep_grid import TITLES, build_grid, parse_axes
 from .seeds import SEED_RULE
 
 RESULTS = "results.jsonl"
@@ -77,10 +76,7 @@ class SweepRequest:
             n = len(self.classes)
             raise UsageError(f"{n} class{'es' if n != 1 else ''} x {self.per_class} images per class is too few: "
                              "gFID and precision/recall need at least 4 images per grid point")  # fmt: skip
-        if not self.axes:
-            raise UsageError(f"nothing to sweep: give a list of values to at least one of {', '.join(FLAGS.values())}")
-        for name, values in self.axes.items():
-            parse_axis(name, values)
+        parse_axes(self.axes)
         if Path(self.run_dir).is_file():
             raise UsageError(f"--output {self.run_dir} is a file; the run folder must be a folder")
 

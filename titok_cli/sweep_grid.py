@@ -76,14 +76,19 @@ class GridPoint:
         return re.sub(r"[^0-9A-Za-z._-]+", "", text.lower())
 
 
-def build_grid(base: SamplingParams, axes: Mapping[str, Sequence[Any]]) -> list[GridPoint]:
-    """Every combination of `axes` (the first axis varies slowest), each `base.override(...)`."""
+def parse_axes(axes: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+    """Every swept field's values, checked (UsageError when nothing is swept or a value is bad)."""
     if not axes:
         raise UsageError(f"nothing to sweep: give a list of values to at least one of {', '.join(FLAGS.values())}")
-    typed = {name: parse_axis(name, values) for name, values in axes.items()}
+    return {name: parse_axis(name, values) for name, values in axes.items()}
+
+
+def build_grid(base: SamplingParams, axes: Mapping[str, Sequence[Any]]) -> list[GridPoint]:
+    """Every combination of `axes` (the first axis varies slowest), each `base.override(...)`."""
+    typed = parse_axes(axes)
     names = list(typed)
     return [GridPoint(i, dict(zip(names, combo)), base.override(**dict(zip(names, combo))))
             for i, combo in enumerate(itertools.product(*typed.values()))]  # fmt: skip
 
 
-__all__ = ["TITLES", "GridPoint", "build_grid", "parse_axis"]
+__all__ = ["TITLES", "GridPoint", "build_grid", "parse_axes", "parse_axis"]
