@@ -164,11 +164,13 @@ def draws_progress(quiet: bool) -> bool:
 
 
 class ProgressHandle:
-    """What `progress_bar` yields: `handle(done, total)` moves the bar; `handle.echo(text)` prints
-    a line above it (through the bar's own console, so the bar is redrawn below, not broken)."""
+    """What `progress_bar` yields: `handle(done, total)` moves the bar; `handle.status(text)` sets a
+    short text shown in it (train's loss); `handle.echo(text)` prints a line above it (through the
+    bar's own console, so the bar is redrawn below, not broken)."""
 
-    def __init__(self, update: Callable[[int, int | None], None], console: "Console") -> None:
-        self._update, self._console = update, console
+    def __init__(self, update: Callable[[int, int | None], None], console: "Console",
+                 status: Callable[[str], None] = lambda text: None) -> None:  # fmt: skip
+        self._update, self._console, self.status = update, console, status
 
     def __call__(self, done: int, total: int | None = None) -> None:
         self._update(done, total)
@@ -195,17 +197,17 @@ def progress_bar(description: str, total: int | None, quiet: bool = False) -> It
             return Text("" if task.speed is None else f"{task.speed:,.1f}/s", style="progress.data.speed")
 
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True,
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+        RateColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True,
     ) as bar:  # fmt: skip
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(description, total=total, status="")
 
         def update(done: int, new_total: int | None = None) -> None:
             if new_total is not None:
                 bar.update(task, total=new_total)
             bar.update(task, completed=done)
 
-        yield ProgressHandle(update, bar.console)
+        yield ProgressHandle(update, bar.console, lambda text: bar.update(task, status=text))
 
 
 @contextmanager

@@ -6,35 +6,14 @@ flags, shows progress and prints the result.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator
+from typing import Annotated, Any
 
 import typer
 
-from .common import DeviceOpt, HelpOpt, JsonOpt, QuietOpt, at_least, draws_progress, err_console, print_json, say
+from .common import DeviceOpt, HelpOpt, JsonOpt, QuietOpt, at_least, draws_progress, print_json, progress_bar, say
 
 # An interrupted run resumes from its last checkpoint when the same command is repeated.
-
-@contextmanager
-def _progress(total: int, quiet: bool) -> Iterator[Callable[[dict[str, Any]], None]]:
-    """A bar with the latest loss, masked accuracy and lr on stderr (only when it is a terminal)."""
-    if not draws_progress(quiet):
-        yield lambda metrics: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-               TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, console=err_console(), transient=True) as bar:
-        task = bar.add_task("training", total=total, stats="")
-
-        def update(m: dict[str, Any]) -> None:
-            stats = f"loss {m['loss']:.4f}  acc {m['masked_accuracy']:.3f}  lr {m['lr']:.2e}"
-            bar.update(task, completed=m["step"], stats=stats)
-
-        yield update
-
 
 def train(
     tokens: Annotated[list[str], typer.Argument(metavar="TOKENS", help="Token files written by `titok encode` "
@@ -96,15 +75,21 @@ def train(
     settings.check()
     quiet = quiet or json_output
 
-    def started(info: dict[str, Any]) -> None:
-        if info["resumed_from"] >= info["steps"]:
-            say(f"already trained ({info['steps']} steps); writing final/ again from the last checkpoint", quiet)
-        elif info["resumed_from"]:
-            say(f"resuming at step {info['resumed_from']} of {info['steps']}", quiet)
-        say(f"{info['rows']} rows, global batch {info['global_batch']} on {info['world_size']} x {info['device']}",
-            quiet)  # fmt: skip
+    with progress_bar("training", steps, quiet) as bar:
+        # while the bar is drawn, notes go through its console (above it); otherwise to stdout as before
+        tell = bar.echo if draws_progress(quiet) else (lambda text: say(text, quiet))
 
-    with _progress(steps, quiet) as stepped:
+        def started(info: dict[str, Any]) -> None:
+            if info["resumed_from"] >= info["steps"]:
+                tell(f"already trained ({info['steps']} steps); writing final/ again from the last checkpoint")
+            elif info["resumed_from"]:
+                tell(f"resuming at step {info['resumed_from']} of {info['steps']}")
+            tell(f"{info['rows']} rows, global batch {info['global_batch']} on {info['world_size']} x {info['device']}")
+
+        def stepped(m: dict[str, Any]) -> None:
+            bar.status(f"loss {m['loss']:.3f} acc {m['masked_accuracy']:.2f}")  # lr: in metrics.jsonl
+            bar(m["step"])
+
         result = train_generator(tokens, output, generator, settings=settings, init=init, tokenizer=tokenizer,
                                  on_start=started, on_step=stepped)  # fmt: skip
     if result.rank != 0:
