@@ -239,7 +239,7 @@ def sections(snapshots: dict[str, Path], skip_slow: bool) -> list[tuple[str, lis
             ("ls out/sweep", ""),
         ]),
         ("titok train", [
-            (f"titok encode classes -o out/classes.npz --model {TOK}", ""),
+            (f"titok encode classes -o out/classes.npz --model {TOK} --hflip", ""),
             (f"titok train out/classes.npz -o run --generator {GEN} --steps 60 -b 8 --checkpoint-every 20", ""),
             ("titok sample --model run/final --class 0 -n 4 -o trained", ""),
             ("titok info run/final", ""),

@@ -86,7 +86,8 @@ def test_killed_encode_resumes_to_identical_output(golden, tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_match_single_process(golden, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--hflip"]], ids=["plain", "hflip"])
+def test_torchrun_two_ranks_match_single_process(golden, tmp_path, extra):
     pytest.importorskip("torch.distributed")
     model = golden / "tok_vq_legacy_tiny"
     src = tmp_path / "imgs"
@@ -97,7 +98,7 @@ def test_torchrun_two_ranks_match_single_process(golden, tmp_path):
     # one thread per process in both runs, so float rounding is the same everywhere
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TITOK_DIST_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
     # the command users run: `titok encode` (python -m titok_cli), alone and under torchrun
-    args = ["encode", str(src), "--model", str(model), "--device", "cpu", "-b", "5", "-q", "-o"]
+    args = ["encode", str(src), "--model", str(model), "--device", "cpu", "-b", "5", "-q", *extra, "-o"]
     one = [sys.executable, "-m", "titok_cli", *args, str(single)]
     assert subprocess.run(one, env=env, timeout=300).returncode == 1  # one bad file: exit 1, as documented
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29577",
@@ -108,6 +109,7 @@ def test_torchrun_two_ranks_match_single_process(golden, tmp_path):
     assert manifest_path(multi).read_bytes() == manifest_path(single).read_bytes()
     tf = load_tokens(multi)
     assert tf.labels is not None and set(tf.labels.tolist()) == {0, 207}
+    assert (tf.tokens_hflip is not None) == bool(extra)
     assert tf.names[0].startswith("n01440764/") and len(tf.failures) == 1
 
 

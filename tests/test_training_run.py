@@ -74,6 +74,7 @@ def test_final_folder_records_its_tokenizer_and_the_official_layout(trained):
     assert doc["experiment"]["tokenizer"]["name"] == str(TOKENIZER.resolve()) and doc["experiment"]["tokenizer"]["num_tokens"] == 8
     assert doc["losses"] == {"label_smoothing": 0.1, "loss_weight_unmasked_token": 0.1}
     assert doc["training"]["max_train_steps"] == 60 and result.final == run / "final"
+    assert doc["training"]["hflip"] is True  # the token set holds mirrored copies, and they were read
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-00000050.safetensors",
                                                                         "checkpoint-00000060.safetensors"]  # fmt: skip
 
@@ -88,6 +89,21 @@ def test_accumulation_does_not_change_the_update(token_set, tmp_path):
     for other in weights[1:]:
         for key, value in weights[0].items():
             torch.testing.assert_close(other[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_mirrored_copies_are_read_and_no_hflip_ignores_them(token_set, tmp_path):
+    plain = make_token_set(tmp_path, "plain.npz", hflip=False)
+    settings = dict(steps=3, **QUICK)
+    runs = {"mirrors": ([token_set], {}), "no-hflip": ([token_set], {"hflip": False}), "plain": ([plain], {})}
+    weights = {}
+    for name, (files, extra) in runs.items():
+        train_generator(files, tmp_path / name, GENERATOR, settings=TrainSettings(**settings, **extra))
+        weights[name] = load_file(str(tmp_path / name / "final" / "model.safetensors"))
+    key = "model.lm_head.weight"
+    assert torch.equal(weights["no-hflip"][key], weights["plain"][key])  # --no-hflip: as if they were not there
+    assert not torch.equal(weights["mirrors"][key], weights["plain"][key])  # the mirrors changed the batches
+    doc = json.loads((tmp_path / "no-hflip" / "final" / "config.json").read_text())
+    assert doc["training"]["hflip"] is False
 
 
 def test_init_weights_start_the_run(trained, token_set, tmp_path):

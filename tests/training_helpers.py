@@ -2,7 +2,8 @@
 
 The token set: every photo in ../shared/images as itself, mirrored and as two corner crops, laid out
 in ImageNet class folders (photo i -> class i) and encoded by `encode_files` with the golden tiny
-tokenizer (8 tokens, codebook 256), so labels come from the folders as for a real dataset.
+tokenizer (8 tokens, codebook 256), so labels come from the folders as for a real dataset. By
+default with `hflip`, as users prepare training data: every run then also reads mirrored copies.
 """
 
 from __future__ import annotations
@@ -42,14 +43,14 @@ def photo_variants(folder: Path) -> int:
     return n
 
 
-def make_token_set(folder: Path, name: str = "tokens.npz") -> Path:
+def make_token_set(folder: Path, name: str = "tokens.npz", hflip: bool = True) -> Path:
     """Encode the variants with the golden tokenizer; returns the token file (labels in the .npz)."""
     from titok_cli import encode_files, load_tokenizer
 
     images = folder / "images"
     photo_variants(images)
     out = folder / name
-    encode_files([images / "train"], out, load_tokenizer(TOKENIZER), batch_size=8)
+    encode_files([images / "train"], out, load_tokenizer(TOKENIZER), batch_size=8, hflip=hflip)
     return out
 
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from .errors import TokenFileError
 from .outputs import row_file_names
-from .token_file import TokenFile, atomic_path
+from .atomic_files import atomic_path
+from .token_file import TokenFile
 
 GRID_LIMIT = 1024  # a contact sheet of more images than this is not useful to look at
 

@@ -19,6 +19,7 @@ import heapq
 import json
 import os
 import shutil
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -36,6 +37,7 @@ from .token_file import load_tokens, manifest_path, model_header, token_dtype
 from .token_writers import row_writer
 
 SCRATCH_FILES = ("tokens.bin", "rows.jsonl", FAILURES_FILE)
+HFLIP_FILE = "tokens_hflip.bin"  # the mirrored crops' ids, row for row with tokens.bin
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class EncodeSettings:
     strict: bool = False
     exif_transpose: bool = False
     shard_size: int | None = None
+    hflip: bool = False  # also encode each crop mirrored left-right (flip augmentation for `titok train`)
 
     def check(self) -> None:
         if self.batch_size < 1:
@@ -85,6 +88,7 @@ def encode_files(
     overwrite: bool = False,
     on_resume: Callable[[int, "int | None"], None] | None = None,
     on_failure: Callable[[str, str], None] | None = None,
+    hflip: bool = False,
 ) -> EncodeResult:
     """Encode every image under `inputs` into `output` (.npy, .npz or .tar) plus its manifest.
 
@@ -93,14 +97,20 @@ def encode_files(
     nothing is written. An interrupted run resumes when the same call is repeated, calling
     `on_resume(done, total)` before it starts. An existing output raises OutputExistsError
     unless `overwrite`, or is reported as `already_done` when the identical run made it.
-    With `shard_size`, rows go to `<stem>-000000.npy`, ... Under torchrun every rank calls
-    this; rank 0 assembles the one final output.
+    With `shard_size`, rows go to `<stem>-000000.npy`, ... With `hflip` each crop is also
+    encoded mirrored left-right (as the official pre-tokenization does) and the file keeps those
+    ids row for row as `tokens_hflip` (.npz/.tar only). Under torchrun every rank calls this;
+    rank 0 assembles the one final output.
     """
-    settings = EncodeSettings(batch_size, workers, strict, exif_transpose, shard_size)
+    settings = EncodeSettings(batch_size, workers, strict, exif_transpose, shard_size, hflip)
     settings.check()
     output = Path(output)
     if output.suffix not in (".npy", ".npz", ".tar"):
         raise TitokError(f"{output}: output must end in .npy, .npz or .tar (webdataset shards)")
+    if hflip and output.suffix == ".npy":
+        raise TitokError(f"{output}: --hflip needs a .npz or .tar output (a .npy file holds one array)")
+    if hflip and tokenizer.config.is_vae:
+        raise TitokError("--hflip keeps mirrored token ids for generator training; VAE latents have no ids")
     inputs = [os.fspath(p) for p in inputs]
     rank, world = dist_info()
     header, parts = _describe_run(tokenizer, inputs, settings)
@@ -115,13 +125,14 @@ def encode_files(
         raise TitokError(f"no image files found in {', '.join(inputs)}")
 
     partial = output.with_name(output.name + ".partial")
-    scratch = Scratch(partial / f"rank-{rank:05d}-of-{world:05d}", {**parts, "ranks": world}, SCRATCH_FILES)
+    files = SCRATCH_FILES + ((HFLIP_FILE,) if settings.hflip else ())
+    scratch = Scratch(partial / f"rank-{rank:05d}-of-{world:05d}", {**parts, "ranks": world}, files)
     resumed_from = resume_point(scratch, rank, world, total, on_resume)
     try:
         if not scratch.state["done"]:
             job = RankJob(inputs, rank, world, tokenizer.config.image_size, settings.batch_size, settings.workers,
                           settings.strict, settings.exif_transpose, progress, total, on_failure)  # fmt: skip
-            _encode_rank(scratch, tokenizer, job)
+            _encode_rank(scratch, tokenizer, job, settings.hflip)
     except ImageError:
         scratch.close()
         if world == 1:  # a strict failure would recur on rerun: leave nothing behind
@@ -134,7 +145,7 @@ def encode_files(
     result = EncodeResult(output=output, manifest=manifest_path(output), count=0, resumed_from=resumed_from)
     if rank == 0:
         ranks = [partial / f"rank-{r:05d}-of-{world:05d}" for r in range(world)]
-        _assemble(ranks, output, header, tokenizer.config, settings.shard_size, result)
+        _assemble(ranks, output, header, tokenizer.config, settings, result)
         shutil.rmtree(partial, ignore_errors=True)
     barrier()
     return result
@@ -152,6 +163,7 @@ def _describe_run(tokenizer: Any, inputs: list[str], settings: EncodeSettings) -
             "method": "official ADM center crop (BOX halving, BICUBIC resize, floor-offset crop), /255 float32",
             "image_size": cfg.image_size,
             "exif_transpose": settings.exif_transpose,
+            **({"hflip": "each crop also encoded mirrored left-right: tokens_hflip"} if settings.hflip else {}),
         },
         "compute_dtype": str(tokenizer.dtype).replace("torch.", ""),
         "inputs": inputs,
@@ -190,25 +202,31 @@ def _already_done(output: Path, inputs: list[str], settings: EncodeSettings, fin
                         failures=[(f["path"], f["reason"]) for f in tf.failures], already_done=True)  # fmt: skip
 
 
-def _encode_rank(scratch: Scratch, tokenizer: Any, job: RankJob) -> None:
+def _encode_rank(scratch: Scratch, tokenizer: Any, job: RankJob, hflip: bool) -> None:
     """This rank's share of the inputs, appended to its scratch log with periodic commits."""
     cfg, device = tokenizer.config, tokenizer.device
     dtype = token_dtype(None if cfg.is_vae else cfg.codebook_size)
     tokens_fh, rows_fh = scratch.handles["tokens.bin"], scratch.handles["rows.jsonl"]
 
+    def ids(batch: torch.Tensor) -> bytes:
+        out = tokenizer.encode(batch.float() / 255.0)  # same float32 division as the official pipeline
+        return np.ascontiguousarray(out.cpu().numpy().astype(dtype, copy=False)).tobytes()
+
     def flush(pending: list[Item]) -> None:
         batch = torch.stack([p[3] for p in pending]).to(device, non_blocking=True)  # (B, 3, S, S) uint8
-        out = tokenizer.encode(batch.float() / 255.0)  # same float32 division as the official pipeline
-        tokens_fh.write(np.ascontiguousarray(out.cpu().numpy().astype(dtype, copy=False)).tobytes())
+        tokens_fh.write(ids(batch))
+        if hflip:  # the mirrored crops as a batch of their own: the same batching as the originals
+            scratch.handles[HFLIP_FILE].write(ids(batch.flip(-1)))  # (B, 3, S, S) mirrored along width
         for i, name, label, _ in pending:
             rows_fh.write((json.dumps({"i": i, "path": name, "label": label}) + "\n").encode())
 
     run_batches(scratch, job, device, flush)
 
 
-def _assemble(ranks: list[Path], output: Path, header: dict, cfg: Any, shard_size: int | None,
+def _assemble(ranks: list[Path], output: Path, header: dict, cfg: Any, settings: EncodeSettings,
               result: EncodeResult) -> None:  # fmt: skip
     """Merge the ranks' committed rows by input number into the final files."""
+    shard_size = settings.shard_size
     dtype = token_dtype(None if cfg.is_vae else cfg.codebook_size)
     row_shape = (cfg.token_size, cfg.num_latent_tokens) if cfg.is_vae else (cfg.num_latent_tokens,)
     row_bytes = int(np.prod(row_shape)) * dtype.itemsize
@@ -220,10 +238,11 @@ def _assemble(ranks: list[Path], output: Path, header: dict, cfg: Any, shard_siz
         result.written = False
         return
 
-    def rank_rows(folder: Path, count: int) -> Iterator[tuple[dict, bytes]]:
-        with open(folder / "tokens.bin", "rb") as tok:
+    def rank_rows(folder: Path, count: int) -> Iterator[tuple[dict, bytes, bytes | None]]:
+        with open(folder / "tokens.bin", "rb") as tok, ExitStack() as stack:
+            flip = stack.enter_context(open(folder / HFLIP_FILE, "rb")) if settings.hflip else None
             for row, _ in zip(read_jsonl(folder / "rows.jsonl"), range(count)):
-                yield row, tok.read(row_bytes)
+                yield row, tok.read(row_bytes), flip.read(row_bytes) if flip is not None else None
 
     rows = heapq.merge(*(rank_rows(r, c) for r, c in zip(ranks, counts)), key=lambda item: item[0]["i"])
     size = shard_size or total
@@ -235,10 +254,11 @@ def _assemble(ranks: list[Path], output: Path, header: dict, cfg: Any, shard_siz
         if shard_size is not None:
             shard_header.update(shard=shard, num_shards=n_shards, first_row=shard * size)
         last = shard == n_shards - 1 or shard_size is None
-        with row_writer(target, dtype, row_shape, n, shard_header, result.failures if last else []) as add:
+        with row_writer(target, dtype, row_shape, n, shard_header, result.failures if last else [],
+                        hflip=settings.hflip) as add:  # fmt: skip
             for _ in range(n):
-                row, data = next(rows)
-                add(data, row["path"], row.get("label", -1))
+                row, data, flipped = next(rows)
+                add(data, row["path"], row.get("label", -1), flipped)
         result.outputs.append(target)
     result.output = result.outputs[0]
     result.manifest = manifest_path(result.outputs[0])

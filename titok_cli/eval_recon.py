@@ -53,7 +53,8 @@ from .quality.ssim import ssim
 from .rank_batches import FAILURES_FILE, Item, Progress, RankJob, resume_point, run_batches
 from .recon_result import ReconResult, read_result
 from .scratch import Scratch, fingerprint_of, read_jsonl
-from .token_file import atomic_path, model_header, token_dtype
+from .atomic_files import atomic_path
+from .token_file import model_header, token_dtype
 
 FEATURES = 2048  # FID Inception pool3
 LOGITS = 1008  # FID Inception classes (IS)

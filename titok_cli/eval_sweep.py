@@ -175,7 +175,7 @@ def run_sweep(request: SweepRequest, on_point: OnPoint | None = None, progress: 
     from .quality.reference_npz import read_reference_npz
     from .sample_images import resolve_classes
     from .sample_job import sample_to_npz
-    from .token_file import atomic_path
+    from .atomic_files import atomic_path
 
     r = request
     run_dir = Path(r.run_dir)
@@ -265,7 +265,7 @@ def _cached_reference(path: Path, extractor: FeatureExtractor, run_dir: Path, me
     from .eval_gen import PR_NEIGHBOURS
     from .quality.fid import feature_stats
     from .quality.reference_npz import read_reference_npz
-    from .token_file import atomic_path
+    from .atomic_files import atomic_path
 
     rank, _ = dist_info()
     header = read_reference_npz(path)

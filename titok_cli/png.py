@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .token_file import atomic_path
+from .atomic_files import atomic_path
 
 
 def save_png(array: np.ndarray, path: str | Path) -> None:

@@ -30,7 +30,7 @@ from .pairing import check_pair
 from .sample_images import Progress, SamplePlan, render_batch
 from .sampling_params import SamplingParams
 from .seeds import SEED_RULE
-from .token_file import atomic_path, zip_member
+from .atomic_files import atomic_path, zip_member
 
 
 @dataclass

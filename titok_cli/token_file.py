@@ -3,8 +3,10 @@
 Layout (documented in the README):
   tokens.npy                 [N,K] smallest unsigned int dtype that holds the codebook
                              (VAE models: [N,C,K] float32 posterior means)
-  tokens.npz                 the same array as `tokens`, plus `names` (and `labels` if known)
+  tokens.npz                 the same array as `tokens`, plus `names` (and `labels` if known);
+                             `encode --hflip` adds `tokens_hflip`, the ids of each mirrored crop
   tokens.tar                 webdataset samples `<key>.tokens.npy` + `<key>.json`
+                             (+ `<key>.tokens_hflip.npy` with --hflip)
   tokens.npy.manifest.jsonl  line 1: run header (model, preprocessing, tool version, and the
                              array's count, dtype, shape and sha256), then one
                              {"row": i, "path": ..., ["label": c]} per row, then one
@@ -20,12 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -54,6 +54,7 @@ class TokenFile:
     path: Path | None = None
     manifest: Path | None = None
     stored_dtype: np.dtype | None = None
+    tokens_hflip: np.ndarray | None = None  # ids of the mirrored crops, row for row (`encode --hflip`)
 
     @property
     def is_latent(self) -> bool:
@@ -79,38 +80,17 @@ def legacy_manifest_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.stem + MANIFEST_SUFFIX)
 
 
-@contextmanager
-def atomic_path(final: str | os.PathLike, suffix: str = "", durable: bool = True) -> Iterator[Path]:
-    """Yield a temporary path beside `final`; on success rename it into place.
-
-    `durable` fsyncs first (token files, scratch state); per-image PNGs skip that cost.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial" + suffix, dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; a result file gets normal permissions
-    try:
-        yield tmp_path
-        if durable:
-            with open(tmp_path, "rb+") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp_path, final)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-
-
 def manifest_header(
-    header: dict[str, Any], dtype: np.dtype, shape: Sequence[int], sha256: str | None = None, file: str | None = None
+    header: dict[str, Any], dtype: np.dtype, shape: Sequence[int], sha256: str | None = None, file: str | None = None,
+    hflip_sha256: str | None = None,
 ) -> str:
-    """The manifest's first line: run header plus the array's row count, dtype, shape and hash."""
+    """The manifest's first line: run header plus the array's row count, dtype, shape and hash
+    (and the hash of the mirrored crops' array, when the file holds one)."""
     array: dict[str, Any] = {"dtype": str(np.dtype(dtype)), "shape": [int(x) for x in shape]}
     if sha256 is not None:
         array["sha256"] = sha256
+    if hflip_sha256 is not None:
+        array["hflip_sha256"] = hflip_sha256
     full = {"format": FORMAT, "version": FORMAT_VERSION, **header, "count": int(shape[0]), "array": array}
     if file is not None:
         full["file"] = file
@@ -190,22 +170,29 @@ def _unreadable(path: Path, exc: BaseException) -> TokenFileError:
     return TokenFileError(f"{path}: not a readable .npy/.npz token file ({text or type(exc).__name__})")
 
 
-def _read_array(path: Path) -> tuple[np.ndarray, list[str] | None, np.ndarray | None, dict[str, Any]]:
-    """(tokens as stored, names, labels, header) from a .npy, .npz or .tar; allow_pickle=False throughout."""
+def _read_array(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, np.ndarray | None, dict]:
+    """(tokens as stored, mirrored-crop tokens or None, names, labels, header) from a .npy, .npz or .tar;
+    allow_pickle=False throughout."""
     if path.suffix == ".tar":
         from .token_tar import read_tar
 
         return read_tar(path)
     names: list[str] | None = None
     labels: np.ndarray | None = None
+    flipped: np.ndarray | None = None
     try:
         if path.suffix != ".npz":
-            return np.load(path, mmap_mode="r", allow_pickle=False), None, None, {}
+            return np.load(path, mmap_mode="r", allow_pickle=False), None, None, None, {}
         with np.load(path, allow_pickle=False) as data:
             if "tokens" not in data.files:
                 keys = ", ".join(data.files) or "none"
                 raise TokenFileError(f"{path}: .npz has no 'tokens' array (keys: {keys})")
             tokens = data["tokens"]
+            if "tokens_hflip" in data.files:
+                flipped = data["tokens_hflip"]
+                if flipped.shape != tokens.shape or flipped.dtype != tokens.dtype:
+                    raise TokenFileError(f"{path}: 'tokens_hflip' is {flipped.dtype}{list(flipped.shape)}, but "
+                                         f"'tokens' is {tokens.dtype}{list(tokens.shape)}; they must match")  # fmt: skip
             if "names" in data.files:
                 raw = data["names"]
                 if raw.ndim != 1 or raw.dtype.kind not in "US":
@@ -220,7 +207,7 @@ def _read_array(path: Path) -> tuple[np.ndarray, list[str] | None, np.ndarray | 
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise _unreadable(path, exc) from None
-    return tokens, names, labels, {}
+    return tokens, flipped, names, labels, {}
 
 
 def _check_array(path: Path, tokens: np.ndarray) -> None:
@@ -240,7 +227,8 @@ def _check_array(path: Path, tokens: np.ndarray) -> None:
         raise TokenFileError(f"{path}: dtype {tokens.dtype} is neither integer ids nor float latents")
 
 
-def _check_belongs(mpath: Path, header: dict[str, Any], rows: int, path: Path, tokens: np.ndarray) -> None:
+def _check_belongs(mpath: Path, header: dict[str, Any], rows: int, path: Path, tokens: np.ndarray,
+                   flipped: np.ndarray | None = None) -> None:  # fmt: skip
     """Refuse a manifest written for another array (another run, an edited file, a shared name)."""
     array = header.get("array") if isinstance(header.get("array"), dict) else {}
     recorded = [("rows", header.get("count", rows)), ("dtype", array.get("dtype")), ("shape", array.get("shape"))]
@@ -254,9 +242,17 @@ def _check_belongs(mpath: Path, header: dict[str, Any], rows: int, path: Path, t
     if array.get("sha256") and array["sha256"] != array_sha256(tokens):
         raise TokenFileError(f"{mpath} does not belong to {path.name}: the array's sha256 differs from the one "
                              "recorded (the file was changed or replaced); re-encode, or delete the stray manifest")  # fmt: skip
+    recorded_flip = array.get("hflip_sha256")
+    if (recorded_flip is not None) != (flipped is not None):
+        which = (f"it records mirrored copies (--hflip) that {path.name} lacks" if flipped is None
+                 else f"{path.name} holds mirrored copies (--hflip) that it does not record")  # fmt: skip
+        raise TokenFileError(f"{mpath} does not belong to {path.name}: {which}; re-encode, or delete the stray manifest")
+    if flipped is not None and recorded_flip != array_sha256(flipped):
+        raise TokenFileError(f"{mpath} does not belong to {path.name}: the mirrored copies' sha256 differs from the "
+                             "one recorded (the file was changed or replaced); re-encode")  # fmt: skip
 
 
-def _own_manifest(path: Path, tokens: np.ndarray) -> tuple[Path, tuple] | None:
+def _own_manifest(path: Path, tokens: np.ndarray, flipped: np.ndarray | None) -> tuple[Path, tuple] | None:
     """The manifest that belongs to `path`: its own name, else the legacy shared name if provably its."""
     new, old = manifest_path(path), legacy_manifest_path(path)
     if new.is_file():
@@ -273,7 +269,7 @@ def _own_manifest(path: Path, tokens: np.ndarray) -> tuple[Path, tuple] | None:
             raise TokenFileError(f"{old} may describe {others[0]} rather than {path.name} (older titok-cli releases "
                                  f"gave both one manifest); rename it to {manifest_path(path).name} if it is this "
                                  "file's, or re-encode")  # fmt: skip
-    _check_belongs(mpath, header, len(parsed[1]), path, tokens)
+    _check_belongs(mpath, header, len(parsed[1]), path, tokens, flipped)
     return mpath, parsed
 
 
@@ -290,10 +286,13 @@ def load_tokens(path: str | os.PathLike, *, as_stored: bool = False) -> TokenFil
         raise TokenFileError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
     if path.stat().st_size == 0:
         raise TokenFileError(f"{path}: empty file")
-    tokens, names, labels, tar_header = _read_array(path)
+    tokens, flipped, names, labels, tar_header = _read_array(path)
     _check_array(path, tokens)
-    tf = TokenFile(tokens=tokens, names=names, labels=labels, header=tar_header, path=path, stored_dtype=tokens.dtype)
-    found = _own_manifest(path, tokens)
+    if flipped is not None and tokens.dtype.kind == "f":
+        raise TokenFileError(f"{path}: holds mirrored copies of VAE latents; only token ids have them")
+    tf = TokenFile(tokens=tokens, names=names, labels=labels, header=tar_header, path=path, stored_dtype=tokens.dtype,
+                   tokens_hflip=flipped)  # fmt: skip
+    found = _own_manifest(path, tokens, flipped)
     if found is not None:
         tf.manifest, (tf.header, tf.names, mlabels, tf.failures) = found
         if tf.labels is None:
@@ -304,6 +303,8 @@ def load_tokens(path: str | os.PathLike, *, as_stored: bool = False) -> TokenFil
         raise TokenFileError(f"{path}: {len(tf.labels)} labels for {len(tokens)} rows")
     if not as_stored:
         tf.tokens = np.array(tokens, dtype=np.float32 if tokens.dtype.kind == "f" else np.int64)
+        if flipped is not None:
+            tf.tokens_hflip = np.array(flipped, dtype=np.int64)
     return tf
 
 
@@ -321,10 +322,3 @@ def model_header(tokenizer: Any) -> dict[str, Any]:
         image_size=cfg.image_size,
     )
     return out
-
-
-def zip_member(zf: "zipfile.ZipFile", name: str):
-    """A writable .npz member with a fixed timestamp, so equal content gives equal bytes."""
-    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-    info.external_attr = 0o644 << 16
-    return zf.open(info, "w", force_zip64=True)

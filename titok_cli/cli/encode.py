@@ -61,6 +61,11 @@ def encode(
         typer.Option("--shard-size", metavar="ROWS", callback=at_least(1),
                      help="Rows per output file: OUT-000000.npy, OUT-000001.npy, ..."),
     ] = None,  # fmt: skip
+    hflip: Annotated[
+        bool,
+        typer.Option("--hflip", metavar="", help="Also encode each crop mirrored left-right, kept row for row as "
+                     "tokens_hflip (.npz/.tar): flip augmentation for `titok train`."),
+    ] = False,  # fmt: skip
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
@@ -86,6 +91,8 @@ def encode(
     from titok_cli.outputs import check_output_file
 
     check_output_file(output, (".npy", ".npz", ".tar"), "output")
+    if hflip and output.suffix == ".npy":
+        raise typer.BadParameter("needs a .npz or .tar output (a .npy file holds one array)", param_hint="--hflip")
     dev, dt = device_and_dtype(rank_device(device), dtype)
     rank, _ = dist_info()
     tok = load_tokenizer(model, device=dev, dtype=dt, preset=preset)
@@ -93,14 +100,14 @@ def encode(
     with rank_job_reporting("encoding", hide) as reporting:
         result = encode_files(
             inputs, output, tok, batch_size=batch_size, workers=workers, strict=strict or _one_image(inputs),
-            exif_transpose=exif_transpose, shard_size=shard_size, overwrite=overwrite, **reporting,
+            exif_transpose=exif_transpose, shard_size=shard_size, overwrite=overwrite, hflip=hflip, **reporting,
         )  # fmt: skip
     if rank != 0:
         return  # rank 0 reports for everyone
     if json_output:
-        print_json(_json_summary(result, tok))
+        print_json({**_json_summary(result, tok), "hflip": hflip})
     else:
-        _print_summary(result, tok, quiet)
+        _print_summary(result, tok, quiet, hflip)
     if result.failures:
         raise typer.Exit(1)
 
@@ -122,9 +129,10 @@ def _json_summary(result: EncodeResult, tok: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _print_summary(result: EncodeResult, tok: Any, quiet: bool) -> None:
+def _print_summary(result: EncodeResult, tok: Any, quiet: bool, hflip: bool) -> None:
     outputs = [str(p) for p in result.outputs or [result.output]] if result.written else []
     shape = f"{tok.config.token_size}x{tok.num_tokens} latents" if tok.is_vae else f"{tok.num_tokens} tokens"
+    each = f"{shape} each" + (f", plus {tok.num_tokens} for its mirror image" if hflip else "")
     if not outputs:
         target = "nothing written"
     elif len(outputs) == 1:
@@ -140,4 +148,4 @@ def _print_summary(result: EncodeResult, tok: Any, quiet: bool) -> None:
         more = len(result.failures) - len(shown)
         listing = "; ".join(f"{p} ({r})" for p, r in shown) + (f"; and {more} more" if more else "")
         note(f"{plural(len(result.failures), 'file')} failed: {listing}" + (f" (all in {result.manifest})" if outputs else ""))
-    say(f"{plural(result.count, 'image')} -> {target} ({shape} each), {len(result.failures)} failed", quiet)
+    say(f"{plural(result.count, 'image')} -> {target} ({each}), {len(result.failures)} failed", quiet)

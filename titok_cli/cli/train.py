@@ -50,6 +50,9 @@ def train(
                                                      help="Write RUN_DIR/samples/step-N.png every N steps.")] = None,  # fmt: skip
     tokenizer: Annotated[str | None, typer.Option("--tokenizer", metavar="NAME", help="Decodes the sample grids "
                                                   "[default: the tokenizer the token files record].")] = None,  # fmt: skip
+    no_hflip: Annotated[bool, typer.Option("--no-hflip", metavar="", help="Ignore the mirrored copies of "
+                                           "`titok encode --hflip` (read by default, each row's original or "
+                                           "mirror by a seeded coin per epoch).")] = False,  # fmt: skip
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
@@ -71,7 +74,7 @@ def train(
                              max_grad_norm=max_grad_norm or None, seed=seed, precision=precision,
                              device=device, checkpoint_every=checkpoint_every, keep_checkpoints=keep,
                              deterministic=deterministic, compile=compile_model,
-                             sample_every=sample_every)  # fmt: skip
+                             sample_every=sample_every, hflip=not no_hflip)  # fmt: skip
     settings.check()
     quiet = quiet or json_output
 
@@ -84,7 +87,8 @@ def train(
                 tell(f"already trained ({info['steps']} steps); writing final/ again from the last checkpoint")
             elif info["resumed_from"]:
                 tell(f"resuming at step {info['resumed_from']} of {info['steps']}")
-            tell(f"{info['rows']} rows, global batch {info['global_batch']} on {info['world_size']} x {info['device']}")
+            mirrored = " (each also mirrored)" if info["mirrored"] else ""
+            tell(f"{info['rows']} rows{mirrored}, global batch {info['global_batch']} on {info['world_size']} x {info['device']}")
 
         def stepped(m: dict[str, Any]) -> None:
             bar.status(f"loss {m['loss']:.3f} acc {m['masked_accuracy']:.2f}")  # lr: in metrics.jsonl

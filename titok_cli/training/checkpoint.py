@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, UsageError
-from ..token_file import atomic_path
+from ..atomic_files import atomic_path
 from .ema import EMA
 
 META_KEY = "titok_train"

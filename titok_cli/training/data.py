@@ -8,7 +8,10 @@ every row when the run is class-conditional.
 `EpochSampler` fixes the order: epoch e visits the rows in a permutation seeded by (seed, e);
 optimizer step s takes the global batch at positions [s*G, (s+1)*G) of the endless sequence of
 epochs (a batch may span two epochs). Each torchrun rank takes its contiguous slice of that batch.
-The position is a pure function of the step, so a resumed run continues exactly where it stopped.
+When the files hold mirrored copies (`titok encode --hflip`), each row is read as its original or
+its mirror, a fair coin per row and epoch from its own seeded stream (seed, e, 1), which is how
+the official pipeline's random flip acts on pre-tokenized data.
+Everything is a pure function of the step, so a resumed run continues exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -53,12 +56,13 @@ class DataFacts:
 class TokenDataset:
     """The rows of one or more token files, read on demand (memory-mapped `.npy` stays on disk)."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike], *, need_labels: bool = True) -> None:
+    def __init__(self, paths: Sequence[str | os.PathLike], *, need_labels: bool = True, hflip: bool = True) -> None:
         if not paths:
             raise UsageError("no token files given")
         self.files: list[TokenFile] = [load_tokens(p, as_stored=True) for p in paths]
         self.need_labels = need_labels
         self._check_files()
+        self.hflip = hflip and self._mirrored()  # read mirrored copies (every file has them)
         sizes = [len(tf.tokens) for tf in self.files]
         self.offsets = np.cumsum([0] + sizes)  # (F+1,) first row of each file
         self.facts = self._facts()
@@ -102,11 +106,23 @@ class TokenDataset:
                     raise TokenFileError(f"{tf.path}: {missing.size} of {len(tf.labels)} rows have no class label "
                                          f"(first: {name}); every row needs one for class-conditional training")  # fmt: skip
 
+    def _mirrored(self) -> bool:
+        """Whether the files hold mirrored copies; a mix of files with and without is refused."""
+        have = [tf.tokens_hflip is not None for tf in self.files]
+        if any(have) and not all(have):
+            lacking = self.files[have.index(False)].path
+            holding = self.files[have.index(True)].path
+            raise TokenFileError(f"{lacking}: has no mirrored copies but {holding} has (titok encode --hflip); "
+                                 "re-encode it with --hflip, or train with --no-hflip")  # fmt: skip
+        return all(have)
+
     def _facts(self) -> DataFacts:
         max_id = 0
         for tf in self.files:
-            for start in range(0, len(tf.tokens), _SCAN_ROWS):
-                max_id = max(max_id, int(np.max(tf.tokens[start : start + _SCAN_ROWS])))
+            arrays = [tf.tokens] + ([tf.tokens_hflip] if self.hflip else [])
+            for arr in arrays:
+                for start in range(0, len(arr), _SCAN_ROWS):
+                    max_id = max(max_id, int(np.max(arr[start : start + _SCAN_ROWS])))
         classes = None
         if self.need_labels:
             classes = max(int(tf.labels.max()) for tf in self.files if tf.labels is not None) + 1
@@ -130,8 +146,10 @@ class TokenDataset:
             raise TokenFileError(f"{where}: class label {f.num_classes_seen - 1} is outside the generator's classes "
                                  f"0..{num_classes - 1} (condition_num_classes)")  # fmt: skip
 
-    def rows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Global row indices [B] -> (int64 ids [B,K], int64 labels [B]; -1 without labels)."""
+    def rows(self, indices: np.ndarray, mirrored: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Global row indices [B] -> (int64 ids [B,K], int64 labels [B]; -1 without labels).
+
+        `mirrored` [B] bool picks the mirrored copy of those rows (only with `self.hflip`)."""
         which = np.searchsorted(self.offsets, indices, side="right") - 1  # (B,) file of each row
         ids = np.empty((len(indices), self.facts.num_tokens), dtype=np.int64)
         labels = np.full(len(indices), -1, dtype=np.int64)
@@ -140,6 +158,9 @@ class TokenDataset:
             local = indices[sel] - self.offsets[f]
             tf = self.files[f]
             ids[sel] = tf.tokens[local]
+            if mirrored is not None and self.hflip:
+                flip = mirrored[sel]
+                ids[np.flatnonzero(sel)[flip]] = tf.tokens_hflip[local[flip]]
             if tf.labels is not None:
                 labels[sel] = tf.labels[local]
         return ids, labels
@@ -149,8 +170,11 @@ class TokenDataset:
         out = []
         for tf in self.files:
             array = tf.header.get("array") if isinstance(tf.header.get("array"), dict) else {}
-            out.append({"path": str(Path(tf.path).resolve()) if tf.path else None, "rows": len(tf.tokens),
-                        "sha256": array.get("sha256")})  # fmt: skip
+            item = {"path": str(Path(tf.path).resolve()) if tf.path else None, "rows": len(tf.tokens),
+                    "sha256": array.get("sha256")}  # fmt: skip
+            if self.hflip:
+                item["hflip_sha256"] = array.get("hflip_sha256")
+            out.append(item)
         return out
 
 
@@ -168,6 +192,7 @@ class EpochSampler:
             raise ValueError("the sampler needs at least one row and a batch of at least one")
         self.num_rows, self.global_batch, self.seed = num_rows, global_batch, seed
         self._cached: tuple[int, np.ndarray] | None = None
+        self._cached_flips: tuple[int, np.ndarray] | None = None
 
     def permutation(self, epoch: int) -> np.ndarray:
         if self._cached is None or self._cached[0] != epoch:
@@ -175,14 +200,27 @@ class EpochSampler:
             self._cached = (epoch, rng.permutation(self.num_rows))
         return self._cached[1]
 
+    def mirrored(self, epoch: int) -> np.ndarray:
+        """[num_rows] bool: which rows epoch `epoch` reads mirrored (a stream apart from the order's)."""
+        if self._cached_flips is None or self._cached_flips[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch, 1])
+            self._cached_flips = (epoch, rng.random(self.num_rows) < 0.5)
+        return self._cached_flips[1]
+
     def global_batch_indices(self, step: int) -> np.ndarray:
         """Row indices [G] of optimizer step `step` (positions step*G .. step*G+G-1)."""
+        return self.step_rows(step)[0]
+
+    def step_rows(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(row indices [G], mirrored [G] bool) of optimizer step `step`."""
         positions = np.arange(step * self.global_batch, (step + 1) * self.global_batch)
-        out = np.empty(self.global_batch, dtype=np.int64)
+        rows = np.empty(self.global_batch, dtype=np.int64)
+        flips = np.empty(self.global_batch, dtype=bool)
         for epoch in np.unique(positions // self.num_rows):
             sel = positions // self.num_rows == epoch
-            out[sel] = self.permutation(int(epoch))[positions[sel] % self.num_rows]
-        return out
+            rows[sel] = self.permutation(int(epoch))[positions[sel] % self.num_rows]
+            flips[sel] = self.mirrored(int(epoch))[rows[sel]]
+        return rows, flips
 
     def epoch_of(self, step: int) -> float:
         """Epochs completed (fractional) after `step` optimizer steps."""

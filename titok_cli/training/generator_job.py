@@ -97,7 +97,8 @@ def _fingerprint(cfg: GeneratorConfig, data: TokenDataset, settings: TrainSettin
 # -- final Hub-format folder -------------------------------------------------------------------------
 
 
-def _official_config(cfg: GeneratorConfig, settings: TrainSettings, tokenizer: dict[str, Any] | None) -> dict:
+def _official_config(cfg: GeneratorConfig, settings: TrainSettings, tokenizer: dict[str, Any] | None,
+                     hflip: bool) -> dict:  # fmt: skip
     """config.json: the generator in the official nested layout, plus what it was trained with and for."""
     from .. import __version__
 
@@ -111,7 +112,8 @@ def _official_config(cfg: GeneratorConfig, settings: TrainSettings, tokenizer: d
                      "loss_weight_unmasked_token": settings.unmasked_weight}  # fmt: skip
     doc["training"] = {"global_batch_size": settings.batch_size, "gradient_accumulation_steps": settings.grad_accum,
                        "mixed_precision": settings.precision, "use_ema": True, "seed": settings.seed,
-                       "max_train_steps": settings.steps, "max_grad_norm": settings.max_grad_norm}  # fmt: skip
+                       "max_train_steps": settings.steps, "max_grad_norm": settings.max_grad_norm,
+                       "hflip": hflip}  # fmt: skip
     return doc
 
 
@@ -195,7 +197,7 @@ def train_generator(
         cfg = generator_config_from_dict(doc)
     except ConfigError as exc:
         raise ConfigError(f"{generator}: {str(exc).removeprefix('config.json: ')}") from None
-    data = TokenDataset(tokens, need_labels=True)
+    data = TokenDataset(tokens, need_labels=True, hflip=settings.hflip)
     data.check_model(cfg.image_seq_len, cfg.codebook_size, cfg.condition_num_classes)
     objective = MaskGITObjective.for_config(cfg, label_smoothing=settings.label_smoothing,
                                             unmasked_weight=settings.unmasked_weight,
@@ -242,17 +244,17 @@ def train_generator(
     if settings.compile:
         train_model = torch.compile(train_model)
     log = MetricsLog(run_dir / METRICS, start) if rank == 0 else None
-    info = {"rows": len(data), "steps": settings.steps, "resumed_from": start, "world_size": world,
-            "device": str(device), "global_batch": settings.batch_size, "micro_batch": micro,
+    info = {"rows": len(data), "mirrored": data.hflip, "steps": settings.steps, "resumed_from": start,
+            "world_size": world, "device": str(device), "global_batch": settings.batch_size, "micro_batch": micro,
             "tokenizer": data.facts.tokenizer}  # fmt: skip
     if rank == 0 and on_start is not None:
         on_start(info)
 
     k = cfg.image_seq_len
 
-    def micro_batch(rows: np.ndarray, draws, total_weight: float, sync: bool) -> torch.Tensor:
+    def micro_batch(rows: np.ndarray, flips: np.ndarray, draws, total_weight: float, sync: bool) -> torch.Tensor:
         """Forward and backward of one micro-batch; returns (weighted CE sum, hits, masked count)."""
-        ids, labels = (torch.from_numpy(x) for x in data.rows(rows))  # (B, K), (B,)
+        ids, labels = (torch.from_numpy(x) for x in data.rows(rows, flips))  # (B, K), (B,)
         masked, cond = model_inputs(ids, labels, draws, cfg)  # (B, K), (B,)
         masked, cond, ids, masks = (t.to(device) for t in (masked, cond, ids, draws.masks))
         with no_sync(train_model, not sync):
@@ -267,15 +269,16 @@ def train_generator(
     def one_step(step: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         lr = schedule.apply(optimizer, step)
-        rows = sampler.global_batch_indices(step)  # (G,)
+        rows, flips = sampler.step_rows(step)  # (G,), (G,) bool
         draws = draw_step(settings.seed, step, settings.batch_size, k, objective.class_dropout)
         total_weight = float(weights_of(draws.masks, objective.unmasked_weight).sum()) + 1e-8
         mine = EpochSampler.shard(rows, rank, world)
-        rows, draws = rows[mine], draws.rows(mine)
+        rows, flips, draws = rows[mine], flips[mine], draws.rows(mine)
         sums = torch.zeros(3, dtype=torch.float64)  # weighted CE, masked hits, masked count
         for m in range(settings.grad_accum):
             part = slice(m * micro, (m + 1) * micro)
-            sums += micro_batch(rows[part], draws.rows(part), total_weight, sync=m == settings.grad_accum - 1)
+            sums += micro_batch(rows[part], flips[part], draws.rows(part), total_weight,
+                                sync=m == settings.grad_accum - 1)  # fmt: skip
         clip = settings.max_grad_norm if settings.max_grad_norm is not None else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
         optimizer.step()
@@ -312,6 +315,7 @@ def train_generator(
 
     final = None
     if rank == 0:
-        final = ckpt_io.publish(run_dir / FINAL, model, ema, _official_config(cfg, settings, data.facts.tokenizer))
+        doc = _official_config(cfg, settings, data.facts.tokenizer, data.hflip)
+        final = ckpt_io.publish(run_dir / FINAL, model, ema, doc)
     barrier()
     return TrainResult(run_dir, final, settings.steps, start, len(data), world, last, rank)

@@ -35,6 +35,7 @@ class TrainSettings:
     label_smoothing: float = 0.1
     unmasked_weight: float = 0.1
     class_dropout: float | None = None  # None: the generator config's class_label_dropout
+    hflip: bool = True  # read mirrored copies (titok encode --hflip) when the token files hold them
     # not part of the result:
     device: str = "auto"
     checkpoint_every: int = 500
@@ -46,7 +47,7 @@ class TrainSettings:
 
     RESULT_KEYS = ("steps", "batch_size", "grad_accum", "lr", "end_lr", "warmup_steps", "weight_decay", "beta1",
                    "beta2", "max_grad_norm", "ema_decay", "seed", "precision", "label_smoothing",
-                   "unmasked_weight", "class_dropout")  # fmt: skip
+                   "unmasked_weight", "class_dropout", "hflip")  # fmt: skip
 
     def check(self) -> None:
         """UsageError for values no run can use (before anything is loaded)."""
