@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import titok_cli
+from titok_cli.describe import describe_token_file
 from titok_cli.encode_job import encode_files
 from titok_cli.errors import TitokError, TokenFileError
 from titok_cli.preprocess import load_image, to_tensor
@@ -56,6 +57,8 @@ def test_mirrored_rows_are_the_ids_of_the_mirrored_crops(tok, photos, images_dir
     assert (b.tokens_hflip != b.tokens).mean() > 0.3  # a photo and its mirror tokenize differently
     header = json.loads(manifest_path(flipped.output).read_text().splitlines()[0])
     assert "hflip" in header["preprocessing"] and len(header["array"]["hflip_sha256"]) == 64
+    assert "mirrored crops' ids" in describe_token_file(flipped.output)["content"]  # titok info says so
+    assert "mirrored" not in describe_token_file(plain.output)["content"]
     stored = load_tokens(flipped.output, as_stored=True)
     assert stored.tokens_hflip.dtype == stored.tokens.dtype == np.uint8  # codebook of 256
 

@@ -64,8 +64,7 @@ def describe_token_file(path: str | os.PathLike) -> dict[str, Any]:
     from .token_file import load_tokens, manifest_path
 
     tf = load_tokens(path, as_stored=True)  # the file's own dtype; a .npy stays memory-mapped
-    arr = tf.tokens
-    header = tf.header
+    arr, header = tf.tokens, tf.header
     manifest = manifest_path(tf.path) if tf.path is not None else None
     out: dict[str, Any] = {
         "kind": "tokens",
@@ -75,7 +74,8 @@ def describe_token_file(path: str | os.PathLike) -> dict[str, Any]:
         "rows": int(arr.shape[0]),
         "shape": [int(x) for x in arr.shape],
         "dtype": str(arr.dtype),
-        "content": "float latents [N,C,K]" if tf.is_latent else "token ids [N,K]",
+        "content": "float latents [N,C,K]" if tf.is_latent else "token ids [N,K]" + (
+            " and the mirrored crops' ids (tokens_hflip)" if tf.tokens_hflip is not None else ""),
         "tokens_per_row": int(arr.shape[-1]),
     }
     if len(arr):
