@@ -269,6 +269,8 @@ def test_build_objective_loads_lpips_and_builds_the_discriminator_only_with_gan(
     a, b = no_gan.generator_loss(x, y, {}, 0)[1], with_gan.generator_loss(x, y, {}, 0)[1]
     assert a.pop("d_weight") == 0.0 and b.pop("d_weight") == 0.01
     assert a == b and a["perceptual_loss"] > 0  # same LPIPS whichever way its files were given
+    with_gan.to(torch.float64)  # .to() reaches the perceptual net although it is not in state_dict
+    assert with_gan.perceptual.heads[0].model[1].weight.dtype == torch.float64
 
 
 # -- training crop --------------------------------------------------------------------------------
