@@ -17,7 +17,8 @@ from PIL import Image
 from titok_cli.errors import UsageError
 from titok_cli.quality.lpips import LPIPS
 from titok_cli.training.discriminator import MaxPoolTo, NLayerDiscriminator, build_discriminator
-from titok_cli.training.image_augment import crop_box, crop_rng, resized_size, train_crop, train_crops
+from titok_cli.training.image_augment import (RATIO, crop_box, crop_rng, resized_crop_box, resized_size, train_crop,
+                                              train_crops)  # fmt: skip
 from titok_cli.training.tokenizer_losses import LossSettings, TokenizerObjective, build_objective
 
 from .reference.make_lpips_ssim_reference import seeded_heads_state, seeded_vgg16_state
@@ -324,3 +325,33 @@ def test_train_crops_on_every_test_photo(images_dir):
     again = train_crops(photos[::-1], 48, seed=0, epoch=1, indices=list(range(len(photos)))[::-1])
     assert torch.equal(out, again.flip(0))  # independent of batch order
     assert out.float().std() > 10  # real image content, not a constant
+
+
+def test_random_resized_windows_keep_to_their_area_and_aspect_ranges():
+    boxes = [resized_crop_box(500, 375, (0.3, 0.9), crop_rng(4, 0, i)) for i in range(2000)]
+    assert boxes == [resized_crop_box(500, 375, (0.3, 0.9), crop_rng(4, 0, i)) for i in range(2000)]
+    w = np.array([b[2] - b[0] for b in boxes])
+    h = np.array([b[3] - b[1] for b in boxes])
+    assert all(0 <= b[0] and b[2] <= 500 and 0 <= b[1] and b[3] <= 375 for b in boxes)
+    share = w * h / (500 * 375)
+    assert share.min() > 0.29 and share.max() < 0.91 and share.max() - share.min() > 0.5  # rounding: +-1 px
+    aspect = w / h
+    assert aspect.min() > RATIO[0] * 0.98 and aspect.max() < RATIO[1] * 1.02
+    # a strip no window of the asked share and aspect fits in: the centred window clamped to 4:3
+    assert resized_crop_box(1000, 10, (0.9, 1.0), crop_rng(0, 0, 0)) == (493, 0, 506, 10)  # 13 = round(10 * 4 / 3) wide
+
+
+def test_random_resized_train_crop_is_the_resized_window(images_dir):
+    photo = Image.open(images_dir / "chelsea.png").convert("RGB")
+    flips = []
+    for index in range(20):
+        out = train_crop(photo, 32, crop_rng(2, 1, index), scale=(0.5, 1.0))
+        rng = crop_rng(2, 1, index)  # replay the draws: the box, then the coin
+        box = resized_crop_box(*photo.size, (0.5, 1.0), rng)
+        view = np.asarray(photo.resize((32, 32), Image.Resampling.BICUBIC, box=box))
+        flip = rng.random() < 0.5
+        assert np.array_equal(out.permute(1, 2, 0).numpy(), view[:, ::-1] if flip else view)
+        flips.append(flip)
+    assert 0 < sum(flips) < 20
+    with pytest.raises(ValueError, match="crop scale"):
+        train_crop(photo, 32, crop_rng(0, 0, 0), scale=(0.0, 1.0))
