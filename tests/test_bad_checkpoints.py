@@ -214,3 +214,16 @@ def test_bad_checkpoint_is_one_clear_line(make, golden, images_dir, tmp_path, mo
     assert "Traceback" not in result.output
     assert list(out.parent.iterdir()) == []  # nothing written, not even a manifest
     assert not (tmp_path / "pwned").exists()  # no pickle code ran
+
+
+def test_a_missing_folder_inside_a_local_folder_is_not_taken_for_a_hub_repo(tmp_path, monkeypatch, hub_cache):
+    """`--model run/final` before the run wrote it: a local path, not the Hub repo `run/final`."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    for args in (["sample", "--model", "run/final", "-c", "1", "-o", "out"],
+                 ["encode", "run", "--model", "run/final", "-o", "out.npy"]):  # fmt: skip
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 1, res.output
+        assert "run/final: no such file or folder (not read as a Hub repo id: run/ is a local folder)" in res.output
+        assert "Hugging Face cache" not in res.output
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.npy").exists()

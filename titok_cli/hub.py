@@ -336,6 +336,9 @@ def resolve(source: str | os.PathLike, kind: str, preset: str | None = None) -> 
         return _registry(entry, kind)
     spec = parse_hub_spec(text)
     if spec is not None and not text.startswith((".", "/", "~")):
+        if len(path.parts) > 1 and Path(path.parts[0]).is_dir():  # `run/final` before the run made it
+            raise CheckpointError(f"{path}: no such file or folder (not read as a Hub repo id: "
+                                  f"{path.parts[0]}/ is a local folder)")  # fmt: skip
         return _hub(spec, kind, preset)
     if text.startswith((".", "/", "~")) or path.suffix in (".safetensors", ".bin", ".pt", ".pth", ".json"):
         raise CheckpointError(f"{path}: no such file or folder")
