@@ -75,6 +75,12 @@ def test_final_folder_records_its_tokenizer_and_the_official_layout(trained):
     assert doc["losses"] == {"label_smoothing": 0.1, "loss_weight_unmasked_token": 0.1}
     assert doc["training"]["max_train_steps"] == 60 and result.final == run / "final"
     assert doc["training"]["hflip"] is True  # the token set holds mirrored copies, and they were read
+    from titok_cli.describe import describe  # `titok info` shows what the run recorded
+
+    info = describe(run / "final")["training"]
+    assert info["steps"] == 60 and info["tokenizer"]["name"] == str(TOKENIZER.resolve())
+    assert info["trained_with"].startswith("titok-cli ")
+    assert "training" not in describe(GENERATOR)  # an official-style folder records no training
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-00000050.safetensors",
                                                                         "checkpoint-00000060.safetensors"]  # fmt: skip
 

@@ -9,11 +9,8 @@ torch only for pickled `.bin` weights.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
-import struct
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -28,7 +25,8 @@ from .config import (
     resolve_interpolations,
     tokenizer_config_from_dict,
 )
-from .errors import CheckpointError, ConfigError, UsageError
+from .errors import ConfigError, UsageError
+from .weights_header import weights_summary
 
 TOKEN_SUFFIXES = (".npy", ".npz", ".tar")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -147,6 +145,9 @@ def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         out["architecture"]["from"] = f"registry entry {entry.name} (no config.json here)"
         out["kind"] = entry.kind
     out["provenance"] = provenance(folder, entry)
+    trained = training_record(config)
+    if trained:
+        out["training"] = trained
     if out["kind"] == "generator":
         source = config if config is not None else entry.config  # type: ignore[union-attr]
         out["sampling"] = sampling_defaults(source, entry)
@@ -190,62 +191,6 @@ def _weights_in(folder: Path) -> Path | None:
         if (folder / name).is_file():
             return folder / name
     return None
-
-
-def weights_summary(path: str | os.PathLike) -> dict[str, Any]:
-    """Tensors, parameters, dtypes and bytes of a weights file, without loading its tensors."""
-    p = Path(path)
-    if p.suffix == ".safetensors":
-        shapes, dtypes = _safetensors_header(p)
-    else:
-        shapes, dtypes = _pickle_shapes(p)
-    return {
-        "format": "safetensors" if p.suffix == ".safetensors" else "pytorch pickle (read with weights_only)",
-        "tensors": len(shapes),
-        "parameters": sum(math.prod(s) for s in shapes.values()),
-        "dtypes": sorted(set(dtypes)),
-        "bytes": p.stat().st_size,
-    }
-
-
-def _safetensors_header(path: Path) -> tuple[dict[str, list[int]], list[str]]:
-    """Tensor shapes and dtypes from the JSON header of a .safetensors file (8-byte length first)."""
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(8)
-            if len(raw) < 8:
-                raise CheckpointError(f"{path}: too short for a safetensors file")
-            (length,) = struct.unpack("<Q", raw)
-            if length > min(path.stat().st_size, 100_000_000):
-                raise CheckpointError(f"{path}: header length {length} does not fit the file: not safetensors")
-            header = json.loads(fh.read(length))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    header.pop("__metadata__", None)
-    shapes = {k: [int(x) for x in v["shape"]] for k, v in header.items()}
-    return shapes, [v["dtype"] for v in header.values()]
-
-
-def _pickle_shapes(path: Path) -> tuple[dict[str, list[int]], list[str]]:
-    """A pickled state dict memory-mapped (no tensor data read) with torch.load(weights_only)."""
-    import torch
-
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable pickle is the same error for us
-        raise CheckpointError(f"{path}: not a readable PyTorch state dict ({one_line(exc)})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors")
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    return ({k: list(v.shape) for k, v in tensors.items()},
-            [str(v.dtype).removeprefix("torch.") for v in tensors.values()])  # fmt: skip
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def architecture(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -332,6 +277,17 @@ def provenance(folder: Path, entry: registry.ModelEntry | None) -> dict[str, Any
     elif entry is not None:
         out["how"] = "recognised by its architecture (config.json or parameter count)"
     return out
+
+
+def training_record(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What `titok train` / `titok finetune` recorded in a final/ folder's config.json (None otherwise)."""
+    experiment = (config or {}).get("experiment")
+    if not isinstance(experiment, dict) or not experiment.get("trained_with"):
+        return None
+    keys = ("trained_with", "tokenizer", "finetuned_from", "trained_parts", "frozen_parts")
+    record = {k: experiment[k] for k in keys if experiment.get(k) is not None}
+    steps = (config.get("training") or {}).get("max_train_steps") if isinstance(config.get("training"), dict) else None
+    return {**record, "steps": steps} if steps is not None else record
 
 
 def sampling_defaults(config: dict[str, Any], entry: registry.ModelEntry | None) -> dict[str, Any]:

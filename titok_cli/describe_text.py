@@ -96,4 +96,15 @@ def _checkpoint_lines(d: dict[str, Any]) -> list[tuple[str, str]]:
     known = [f"{label} {prov[key]}" for key, label in (("registry_name", "registry"), ("repo", "Hub repo"),
                                                          ("revision", "revision")) if prov.get(key)]  # fmt: skip
     lines.append(("provenance", "; ".join(known + [prov["how"]])))
+    t = d.get("training")
+    if t:
+        lines.append(("trained", t["trained_with"] + (f", {t['steps']:,} steps" if t.get("steps") else "")))
+        if t.get("tokenizer"):  # titok train: the tokenizer whose token files it learned
+            lines.append(("tokenizer", _model_text(t["tokenizer"])))
+        if t.get("finetuned_from"):  # titok finetune: the starting checkpoint and what moved
+            start = t["finetuned_from"]
+            lines.append(("fine-tuned", f"from {start.get('model') if isinstance(start, dict) else start}"))
+            if t.get("trained_parts"):
+                frozen = ", ".join(t.get("frozen_parts") or ["nothing"])
+                lines.append(("", f"trained {', '.join(t['trained_parts'])}; frozen {frozen}"))
     return lines
