@@ -8,7 +8,7 @@ never downloads. Local folders and Hub ids load through `titok_cli.loading`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -75,8 +75,7 @@ def _registry_generator(entry: registry.ModelEntry) -> tuple[TiTokGenerator, str
         from .loading import load_generator
 
         return load_generator(entry.name, device="cpu"), "pretrained"
-    cfg = replace(entry.generator_config, **entry.sampling)  # the registry's sampling defaults
-    return TiTokGenerator.from_config(cfg), "random"
+    return TiTokGenerator.from_config(entry.generator_config), "random"  # with the registry's sampling
 
 
 def _generator(spec: str) -> tuple[TiTokGenerator, str, str, list[Note]]:

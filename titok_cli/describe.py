@@ -293,9 +293,8 @@ def training_record(config: dict[str, Any] | None) -> dict[str, Any] | None:
 def sampling_defaults(config: dict[str, Any], entry: registry.ModelEntry | None) -> dict[str, Any]:
     """The settings `titok sample` uses with no sampling flags, and where they come from."""
     cfg = generator_config_from_dict(config)
-    values = cfg.sampling_defaults()
+    values = (entry.with_sampling(cfg) if entry is not None else cfg).sampling_defaults()
     if entry is not None and entry.sampling:
-        values.update(entry.sampling)
         source = f"official settings of {entry.name} (registry)"
     else:
         given = (config.get("model") or {}).get("generator") or {}

@@ -89,8 +89,8 @@ def load_generator(
         raise ConfigError(f"{found.config_where}: describes no generator (model.generator is missing)")
     cfg = _typed_config(found, generator_config_from_dict)
     entry = found.source.entry
-    if entry is not None and entry.sampling:
-        cfg = replace(cfg, **entry.sampling)
+    if entry is not None:
+        cfg = entry.with_sampling(cfg)
     source = replace(found.source, trained_for=_recorded_tokenizer(found.config))
     with torch.device("meta"):
         model = TiTokGenerator.from_config(cfg, source=source)

@@ -7,7 +7,7 @@ The data lives in `weights/models.json` (shipped inside the package as
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -45,7 +45,12 @@ class ModelEntry:
 
     @property
     def generator_config(self) -> GeneratorConfig:
-        return generator_config_from_dict(self.config)
+        """The generator architecture with the registry's official sampling settings applied."""
+        return self.with_sampling(generator_config_from_dict(self.config))
+
+    def with_sampling(self, cfg: GeneratorConfig) -> GeneratorConfig:
+        """The one rule for every caller: the registry's sampling settings replace a config's."""
+        return replace(cfg, **self.sampling) if self.sampling else cfg
 
     @property
     def image_size(self) -> int:
