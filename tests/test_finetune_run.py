@@ -154,3 +154,22 @@ def test_cli_warns_when_ids_change_prints_the_table_and_json(domain, tmp_path):
     assert report["trained"] == ["decoder"] and report["before"] is None and report["last"]["step"] == 2
     res = titok(*base, "-o", str(tmp_path / "c"), "--train", "pixel_decoder")
     assert res.returncode == 2 and res.stderr.startswith("error: --train pixel_decoder")
+
+
+def test_webdataset_shards_give_the_folder_images(domain, tmp_path):
+    import tarfile
+
+    from titok_cli.training.tokenizer_images import TrainImages
+
+    shard = tmp_path / "train-0000.tar"
+    files = sorted(domain["train"].iterdir())
+    with tarfile.open(shard, "w") as tar:
+        for path in files:
+            tar.add(path, arcname=path.name)
+    folder, tarred = TrainImages([domain["train"]]), TrainImages([str(shard)])
+    folder.scan()
+    tarred.scan()
+    assert len(tarred) == len(folder) == len(files) and tarred.sizes == folder.sizes
+    rows, epochs = np.array([0, 5, 95]), np.array([0, 1, 2])
+    assert torch.equal(tarred.crops(rows, epochs, 64, seed=7), folder.crops(rows, epochs, 64, seed=7))
+    assert tarred.identity()["sha256"] != TrainImages([domain["heldout"]]).identity()["sha256"]
