@@ -138,7 +138,7 @@ def finetune_tokenizer(
     disc_schedule = WarmupCosine(settings.discriminator_lr, settings.steps, settings.warmup_steps, settings.end_lr)
     sampler = EpochSampler(len(data), settings.batch_size, settings.seed)
     fingerprint = {"tokenizer": asdict(tok.config), "init": weights, "data": data.identity(),
-                   "heldout": [os.path.abspath(p) for p in heldout or []], "settings": settings.result_part(),
+                   "heldout": [os.path.abspath(p) for p in heldout or []], "settings": {**settings.result_part(), "train": parts},
                    "losses": asdict(losses), "parts": parts}  # fmt: skip
 
     ckpt_dir = run_dir / CHECKPOINTS
