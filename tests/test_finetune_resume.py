@@ -84,7 +84,7 @@ def test_kill_9_then_rerun_ends_with_the_same_weights_and_discriminator(images, 
 @pytest.mark.parametrize("model, train", [(LEGACY, []), (GOLDEN / "tok_vae_tiny", ["--train", "encoder,decoder"])])
 def test_torchrun_two_ranks_with_accumulation_match_one_process(images, tmp_path, model, train):
     pytest.importorskip("torch.distributed")
-    # no GAN: its adaptive weight is computed per micro-batch, which no split reproduces exactly
+    # no GAN: its LeCAM running means are updated from each rank's own images
     args = ["finetune", str(images), "--model", str(model), *train, "--steps", "4", "-b", "8", "--lr", "1e-3",
             "--device", "cpu", "--perceptual-weight", "0", "--gan-weight", "0", "-q", "-o"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TITOK_DIST_BACKEND": "gloo", **ONE_THREAD}

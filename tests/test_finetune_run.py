@@ -171,5 +171,7 @@ def test_webdataset_shards_give_the_folder_images(domain, tmp_path):
     tarred.scan()
     assert len(tarred) == len(folder) == len(files) and tarred.sizes == folder.sizes
     rows, epochs = np.array([0, 5, 95]), np.array([0, 1, 2])
-    assert torch.equal(tarred.crops(rows, epochs, 64, seed=7), folder.crops(rows, epochs, 64, seed=7))
+    crops = folder.crops(rows, epochs, 64, seed=7)  # (3, 3, 64, 64), decoded on worker threads
+    assert torch.equal(tarred.crops(rows, epochs, 64, seed=7), crops)
+    assert torch.equal(TrainImages([domain["train"]], workers=1).crops(rows, epochs, 64, seed=7), crops)
     assert tarred.identity()["sha256"] != TrainImages([domain["heldout"]]).identity()["sha256"]

@@ -45,8 +45,9 @@ def _tar_images(inputs: Sequence[str]) -> list[tuple[str, Loader]]:
 class TrainImages:
     """The training images in a fixed order; `crops(indices, epochs, size, seed)` -> a uint8 batch."""
 
-    def __init__(self, inputs: Sequence[str | os.PathLike], *, what: str = "training images") -> None:
+    def __init__(self, inputs: Sequence[str | os.PathLike], *, what: str = "training images", workers: int = 4) -> None:
         inputs = [os.fspath(p) for p in inputs]
+        self.workers, self._pool = workers, None
         if not inputs:
             raise UsageError(f"no {what} given")
         if is_webdataset(inputs):
@@ -85,5 +86,16 @@ class TrainImages:
         """uint8 [B,3,size,size]: image indices[i] cropped with the generator of (seed, epochs[i], index)."""
         from .image_augment import crop_rng, train_crop
 
-        out = [train_crop(self.items[int(i)][1](), size, crop_rng(seed, int(e), int(i))) for i, e in zip(indices, epochs)]
+        def one(i: int, e: int) -> torch.Tensor:
+            return train_crop(self.items[i][1](), size, crop_rng(seed, e, i))  # (3, S, S)
+
+        jobs = [(int(i), int(e)) for i, e in zip(indices, epochs)]
+        if self.workers > 1 and len(jobs) > 1:  # Pillow decodes without the GIL; each crop has its own generator
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="titok-crops")
+            out = list(self._pool.map(lambda job: one(*job), jobs))
+        else:
+            out = [one(*job) for job in jobs]
         return torch.stack(out)  # (B, 3, S, S)
