@@ -118,6 +118,7 @@ def _bad_image_folder(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("case, error, message", [
     ("empty", UsageError, "no image files found"),
+    ("heldout", UsageError, r"no image files found in .*empty \(held-out images\)"),
     ("broken", ImageError, "stripes0001.png"),
     ("part", UsageError, "--train pixel_decoder: this tokenizer has no such part"),
     ("name", UsageError, "parts are named encoder, quantizer, decoder, pixel_decoder"),
@@ -125,9 +126,10 @@ def _bad_image_folder(tmp_path: Path) -> Path:
 ])  # fmt: skip
 def test_bad_inputs_are_refused_before_training(domain, tmp_path, case, error, message):
     images, settings = [domain["train"]], dict(FAST)
-    if case == "empty":
+    heldout = None
+    if case in ("empty", "heldout"):
         (tmp_path / "empty").mkdir()
-        images = [tmp_path / "empty"]
+        images, heldout = ([tmp_path / "empty"], None) if case == "empty" else (images, [tmp_path / "empty"])
     elif case == "broken":
         images = [_bad_image_folder(tmp_path)]
     elif case in ("part", "name"):
@@ -136,7 +138,7 @@ def test_bad_inputs_are_refused_before_training(domain, tmp_path, case, error, m
         settings["grad_accum"] = 3
     with pytest.raises(error, match=message):
         finetune_tokenizer(images, tmp_path / "run", str(SINGLE), settings=FinetuneSettings(steps=2, **settings),
-                           losses=PIXELS_ONLY)  # fmt: skip
+                           losses=PIXELS_ONLY, heldout=heldout, lpips_weights=domain["lpips"])  # fmt: skip
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

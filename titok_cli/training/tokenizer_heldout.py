@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..errors import UsageError
 from .ema import EMA
 from .tokenizer_settings import HELDOUT_KEYS
 
@@ -27,9 +28,12 @@ class Heldout:
     def __init__(self, inputs: Sequence[str | os.PathLike], run_dir: Path, device: torch.device, batch_size: int,
                  lpips_weights: str | os.PathLike | None = None,
                  inception_weights: str | os.PathLike | None = None) -> None:  # fmt: skip
+        from ..inputs import has_inputs
         from ..quality.feature_nets import load_feature_nets
 
         self.inputs = [os.fspath(p) for p in inputs]
+        if not has_inputs(self.inputs):
+            raise UsageError(f"no image files found in {', '.join(self.inputs)} (held-out images)")
         self.folder = run_dir / HELDOUT
         self.batch_size = batch_size
         self.nets = load_feature_nets(device, lpips=True, fid=inception_weights is not None,

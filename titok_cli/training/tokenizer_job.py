@@ -179,7 +179,8 @@ def finetune_tokenizer(
             (loss * (micro / g)).backward()
             for key, value in {"loss": float(loss.detach()), **parts_log}.items():
                 logs[key] = logs.get(key, 0.0) + float(value) * micro / g
-            batches.append((x, recon.detach()))
+            if disc_opt is not None:
+                batches.append((x, recon.detach()))  # the discriminator's step sees the same pairs
         sum_gradients(trainable)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, clip))
         optimizer.step()

@@ -80,7 +80,7 @@ class FinetuneSettings:
         if self.train is not None and not self.train:
             raise UsageError("--train names no part")
 
-    def resolved(self) -> "FinetuneSettings":
+    def resolved(self) -> FinetuneSettings:
         warm = self.warmup_steps if self.warmup_steps is not None else round(0.01 * self.steps)
         return replace(self, warmup_steps=warm)
 
