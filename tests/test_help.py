@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from titok_cli.cli.app import app
 
-COMMANDS = ("models", "download", "encode", "decode", "sample", "bench", "info", "train")
+COMMANDS = ("models", "download", "encode", "decode", "sample", "bench", "info", "train", "finetune")
 # What Typer prints when a parameter has no clean metavar: `<bool>`, `<list[str]>`, `<int range>`,
 # `<path>`, `[x>=1]` ranges, and `{INPUT}` for a required argument in the usage line.
 RAW_MARKERS = re.compile(r"<[a-z][\w\[\], |.]*>|\[x?[<>]=|<=x|\{[A-Z_]+\}")
@@ -128,7 +128,7 @@ def test_shared_options_have_one_default():
     defaults: dict[str, set] = {}
     for name in COMMANDS:
         for param in command_params(name):
-            if name == "train" and param.opts[0] == "--batch-size":
+            if name in ("train", "finetune") and param.opts[0] == "--batch-size":
                 assert "Global batch per step" in param.help  # an optimizer batch, not images per forward
                 continue
             if param.opts[0] in ("--batch-size", "--device", "--dtype"):

@@ -217,9 +217,10 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct
 
 
 def load_image(
-    path: str | os.PathLike[str], size: int, exif_transpose: bool = False
+    path: str | os.PathLike[str], size: int | None, exif_transpose: bool = False
 ) -> Image.Image:
-    """Read an image file and return its `size` x `size` RGB center crop.
+    """Read an image file and return its `size` x `size` RGB center crop (size None: the whole image
+    in RGB, for training crops).
 
     Every failure (missing, broken link, not a regular file, empty, not an image, truncated, too
     large, pixel values of unknown range) raises ImageError with a short reason, so a batch job
@@ -227,13 +228,13 @@ def load_image(
     default because the official pipeline ignores it and tokens must match; multi-frame files
     (GIF, APNG, ...) use their first frame.
     """
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
         raise ValueError(f"crop size must be a positive integer, got {size!r}")
     with _open_regular(path) as fh:
         return read_image(fh, str(path), size, exif_transpose)
 
 
-def read_image(fh: IO[bytes], name: str, size: int, exif_transpose: bool = False) -> Image.Image:
+def read_image(fh: IO[bytes], name: str, size: int | None, exif_transpose: bool = False) -> Image.Image:
     """`load_image` for an open binary stream (a tar member, bytes in memory); `name` labels errors."""
     try:
         fh.seek(0, os.SEEK_END)
@@ -256,7 +257,7 @@ def read_image(fh: IO[bytes], name: str, size: int, exif_transpose: bool = False
         # Pillow reports decoder trouble as errno-less OSError, SyntaxError, EOFError, ...
         raise ImageError(name, "truncated or corrupt image data") from error
     try:
-        return center_crop(image, size)
+        return center_crop(image, size) if size is not None else to_rgb(image)
     except PixelRangeError as error:
         raise ImageError(name, str(error)) from error
     except MemoryError as error:

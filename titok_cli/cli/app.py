@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import bench, decode, download, encode, info, models, sample, train
+from . import bench, decode, download, encode, finetune, info, models, sample, train
 from . import eval as eval_cli
 from .common import HelpOpt
 from .failures import guarded, run_app
@@ -34,6 +34,7 @@ for name, command in (
     ("bench", bench.bench),
     ("info", info.info),
     ("train", train.train),
+    ("finetune", finetune.finetune),
 ):
     app.command(name)(guarded(command))
 app.add_typer(eval_cli.eval_app, name="eval")

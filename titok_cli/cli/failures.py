@@ -27,6 +27,7 @@ RESUMABLE: dict[str, Callable[[dict[str, Any]], bool]] = {
     "encode": lambda kwargs: True,
     "sample": lambda kwargs: kwargs.get("npz") is not None,
     "train": lambda kwargs: True,
+    "finetune": lambda kwargs: True,
     "recon": lambda kwargs: True,  # titok eval recon
     "eval_sweep": lambda kwargs: True,  # finished grid points are recorded, an unfinished one resumes
 }

@@ -221,16 +221,29 @@ def resumable(folder: str | Path, fingerprint: dict[str, Any], run_dir: str | Pa
     return latest
 
 
+def learned_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A module's buffers and trainable parameters (frozen parameters, e.g. a perceptual net, left out)."""
+    params = dict(module.named_parameters())
+    return {k: v for k, v in module.state_dict(keep_vars=True).items() if k not in params or params[k].requires_grad}
+
+
 @dataclass
 class TrainingState:
-    """What a checkpoint captures and restores: model, EMA, optimizer, and every rank's RNG."""
+    """What a checkpoint captures and restores: model, EMA, optimizer, and every rank's RNG.
+
+    `extras` are further modules of the run (a loss with a discriminator and running buffers),
+    saved as `extra.<name>.<key>` without their frozen parameters; `extra_optimizers[name]`
+    optimizes parameters of `extras[name]` and is saved as `extra_optim.<name>.<param>.<field>`."""
 
     model: torch.nn.Module
     ema: EMA
     optimizer: torch.optim.Optimizer
+    extras: dict[str, torch.nn.Module] = field(default_factory=dict)
+    extra_optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.names = {id(p): n for n, p in self.model.named_parameters()}
+        self.extra_names = {k: {id(p): n for n, p in m.named_parameters()} for k, m in self.extras.items()}
 
     def save(self, folder: str | Path, step: int, meta: dict[str, Any], *, keep: int, rank: int = 0,
              gather=None) -> Path | None:  # fmt: skip
@@ -245,8 +258,16 @@ class TrainingState:
         tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
         for r, (rng_t, _) in enumerate(rng_all):
             tensors.update({f"rng.{r}.{k}": v for k, v in rng_t.items()})
+        extra_meta = {}
+        for name, module in self.extras.items():
+            tensors.update({f"extra.{name}.{k}": v for k, v in learned_state(module).items()})
+        for name, opt in self.extra_optimizers.items():
+            opt_tensors, extra_meta[name] = optimizer_state(opt, self.extra_names[name])
+            tensors.update({f"extra_optim.{name}.{k}": v for k, v in opt_tensors.items()})
         full = {**meta, "ema_updates": self.ema.updates, "optimizer": opt_meta, "rng": [m for _, m in rng_all],
                 "world_size": len(rng_all)}  # fmt: skip
+        if extra_meta:
+            full["extra_optimizers"] = extra_meta
         return write_checkpoint(folder, Checkpoint(step, tensors, full), keep=keep)
 
     def restore(self, ckpt: Checkpoint, *, rank: int = 0, world: int = 1) -> bool:
@@ -255,6 +276,15 @@ class TrainingState:
         self.model.load_state_dict(ckpt.group("model"))
         self.ema.load(ckpt.group("ema"), ckpt.meta["ema_updates"])
         load_optimizer_state(self.optimizer, self.names, ckpt.group("optim"), ckpt.meta["optimizer"])
+        for name, module in self.extras.items():
+            saved = ckpt.group(f"extra.{name}")
+            missing = sorted(set(learned_state(module)) - set(saved))
+            if missing:
+                raise CheckpointError(f"the checkpoint lacks {name} state: {', '.join(missing[:4])}")
+            module.load_state_dict(saved, strict=False)
+        for name, opt in self.extra_optimizers.items():
+            load_optimizer_state(opt, self.extra_names[name], ckpt.group(f"extra_optim.{name}"),
+                                 ckpt.meta["extra_optimizers"][name])  # fmt: skip
         rng = ckpt.group(f"rng.{rank}")
         if ckpt.meta.get("world_size") != world or not rng:
             return False

@@ -84,6 +84,21 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def sum_gradients(params: list[nn.Parameter]) -> None:
+    """Sum every parameter's gradient over ranks in place (a no-op without a process group).
+
+    For modules a loss function calls itself (a discriminator inside the objective), where DDP's
+    forward hooks cannot see the call; a missing gradient counts as zeros."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+
+
 def gather_objects(obj: Any) -> list[Any]:
     """Every rank's `obj` in rank order (in-process objects only; nothing read from disk)."""
     import torch.distributed as dist
