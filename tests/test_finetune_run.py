@@ -150,6 +150,7 @@ def test_cli_warns_when_ids_change_prints_the_table_and_json(domain, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "token files written with the starting model no longer match" in res.stderr
     assert "PSNR (dB)" in res.stdout and "before" in res.stdout and "tokenizer -> " in res.stdout
+    assert "crops official; LPIPS off; discriminator off" in res.stderr + res.stdout
     res = titok(*base, "-o", str(tmp_path / "b"), "--json")
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
@@ -177,3 +178,22 @@ def test_webdataset_shards_give_the_folder_images(domain, tmp_path):
     assert torch.equal(tarred.crops(rows, epochs, 64, seed=7), crops)
     assert torch.equal(TrainImages([domain["train"]], workers=1).crops(rows, epochs, 64, seed=7), crops)
     assert tarred.identity()["sha256"] != TrainImages([domain["heldout"]]).identity()["sha256"]
+
+
+def test_random_resized_crops_are_a_choice_and_part_of_the_run(domain, tmp_path):
+    from titok_cli.training.tokenizer_images import TrainImages
+
+    images = TrainImages([domain["train"]])
+    rows, epochs = np.arange(6), np.zeros(6, dtype=np.int64)
+    official = images.crops(rows, epochs, 64, seed=3)
+    resized = images.crops(rows, epochs, 64, seed=3, scale=(0.3, 1.0))
+    assert resized.shape == official.shape and not torch.equal(resized, official)
+    assert torch.equal(images.crops(rows, epochs, 64, seed=3, scale=(0.3, 1.0)), resized)
+    run = tmp_path / "run"
+    finetune_tokenizer([domain["train"]], run, str(SINGLE), settings=FinetuneSettings(steps=1, **FAST),
+                       losses=PIXELS_ONLY)  # fmt: skip
+    with pytest.raises(UsageError, match="other settings .*crop_scale"):  # another crop is another run
+        finetune_tokenizer([domain["train"]], run, str(SINGLE), losses=PIXELS_ONLY,
+                           settings=FinetuneSettings(steps=1, crop_scale=0.5, **FAST))  # fmt: skip
+    with pytest.raises(UsageError, match="crop scale"):
+        FinetuneSettings(crop_scale=1.5).check()

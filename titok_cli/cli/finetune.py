@@ -56,6 +56,9 @@ def finetune(
                                                   "adds rFID to the held-out metrics.")] = None,  # fmt: skip
     eval_every: Annotated[int | None, typer.Option("--eval-every", metavar="N", callback=at_least(1),
                                                    help="Measure the held-out images every N steps.")] = None,  # fmt: skip
+    crop_scale: Annotated[float | None, typer.Option("--crop-scale", metavar="S", help="Random-resized crops of "
+                                                     "S..1 of each image's area (aspect 3/4..4/3) instead of the "
+                                                     "official resize-and-crop; both flip half the time.")] = None,  # fmt: skip
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Data order, crops, discriminator.")] = 42,
     precision: Annotated[str, typer.Option("--precision", metavar="P",
                                            help="float32, or bf16 (autocast on CPU and CUDA).")] = "float32",  # fmt: skip
@@ -83,7 +86,7 @@ def finetune(
                                 warmup_steps=warmup_steps, weight_decay=weight_decay, max_grad_norm=max_grad_norm or None,
                                 seed=seed, precision=precision, train=tuple(train_parts) if train_parts else None,
                                 device=device, checkpoint_every=checkpoint_every, keep_checkpoints=keep,
-                                eval_every=eval_every, deterministic=deterministic)  # fmt: skip
+                                eval_every=eval_every, deterministic=deterministic, crop_scale=crop_scale)  # fmt: skip
     losses = LossSettings(reconstruction=reconstruction, perceptual_weight=perceptual_weight,
                           discriminator_weight=gan_weight, discriminator_start=gan_start)  # fmt: skip
     settings.check()
@@ -101,6 +104,9 @@ def finetune(
                 tell(f"resuming at step {info['resumed_from']} of {info['steps']}")
             tell(f"{info['images']} images, global batch {info['global_batch']} on {info['world_size']} x "
                  f"{info['device']}; training {', '.join(info['trained'])}")  # fmt: skip
+            files = [w["file"] for w in info["lpips_weights"].get("lpips", [])]
+            tell(f"crops {info['crop']}; LPIPS " + (f"from {', '.join(files)}" if files else "off") +
+                 f"; discriminator {'new, from step ' + str(gan_start) if info['gan'] else 'off'}")  # fmt: skip
 
         def stepped(m: dict[str, Any]) -> None:
             bar.status(f"loss {m['loss']:.4f}")  # the loss parts: in metrics.jsonl

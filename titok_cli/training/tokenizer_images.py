@@ -82,12 +82,14 @@ class TrainImages:
         return {"inputs": [os.path.abspath(p) if "://" not in p else p for p in self.inputs],
                 "images": len(self), "sha256": digest}  # fmt: skip
 
-    def crops(self, indices: np.ndarray, epochs: np.ndarray, size: int, seed: int) -> torch.Tensor:
-        """uint8 [B,3,size,size]: image indices[i] cropped with the generator of (seed, epochs[i], index)."""
+    def crops(self, indices: np.ndarray, epochs: np.ndarray, size: int, seed: int,
+              scale: tuple[float, float] | None = None) -> torch.Tensor:  # fmt: skip
+        """uint8 [B,3,size,size]: image indices[i] cropped with the generator of (seed, epochs[i], index)
+        (the official crop, or a random-resized crop of `scale` of the area)."""
         from .image_augment import crop_rng, train_crop
 
         def one(i: int, e: int) -> torch.Tensor:
-            return train_crop(self.items[i][1](), size, crop_rng(seed, e, i))  # (3, S, S)
+            return train_crop(self.items[i][1](), size, crop_rng(seed, e, i), scale)  # (3, S, S)
 
         jobs = [(int(i), int(e)) for i, e in zip(indices, epochs)]
         if self.workers > 1 and len(jobs) > 1:  # Pillow decodes without the GIL; each crop has its own generator

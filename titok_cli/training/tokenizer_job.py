@@ -122,7 +122,8 @@ def finetune_tokenizer(
     freeze_except(tok, parts)
     size = tok.config.image_size
     data.scan()
-    held = Heldout(heldout, run_dir, device, settings.eval_batch_size, lpips_weights, inception_weights) if heldout else None
+    held = (Heldout(heldout, run_dir, device, settings.eval_batch_size, lpips_weights, inception_weights)
+            if heldout else None)  # fmt: skip
 
     ckpt_io.seed_everything(settings.seed)  # the same discriminator on every rank
     objective = build_objective(losses, device, lpips_weights=None if lpips_weights is None else str(lpips_weights),
@@ -138,7 +139,8 @@ def finetune_tokenizer(
     disc_schedule = WarmupCosine(settings.discriminator_lr, settings.steps, settings.warmup_steps, settings.end_lr)
     sampler = EpochSampler(len(data), settings.batch_size, settings.seed)
     fingerprint = {"tokenizer": asdict(tok.config), "init": weights, "data": data.identity(),
-                   "heldout": [os.path.abspath(p) for p in heldout or []], "settings": {**settings.result_part(), "train": parts},
+                   "heldout": [os.path.abspath(p) for p in heldout or []],
+                   "settings": {**settings.result_part(), "train": parts},
                    "losses": asdict(losses), "parts": parts}  # fmt: skip
 
     ckpt_dir = run_dir / CHECKPOINTS
@@ -148,10 +150,12 @@ def finetune_tokenizer(
         state.restore(latest, rank=rank, world=world)  # every random draw is a function of (seed, step)
         start = latest.step
     log = MetricsLog(run_dir / METRICS, start) if rank == 0 else None
+    crop = (settings.crop_scale, 1.0) if settings.crop_scale is not None else None  # None: the official crop
     info = {"images": len(data), "steps": settings.steps, "resumed_from": start, "world_size": world,
             "device": str(device), "global_batch": settings.batch_size, "micro_batch": micro, "trained": parts,
             "frozen": frozen, "ids_change": any(p in ID_CHANGING for p in parts), "gan": disc is not None,
-            "heldout": len(held.inputs) if held else 0}  # fmt: skip
+            "heldout": len(held.inputs) if held else 0, "lpips_weights": getattr(objective, "weights", {}),
+            "crop": "official" if crop is None else f"random-resized {crop[0]:g}..1"}  # fmt: skip
     if rank == 0 and on_start is not None:
         on_start(info)
 
@@ -171,7 +175,8 @@ def finetune_tokenizer(
         batches = []
         for m in range(settings.grad_accum):
             part = slice(m * micro, (m + 1) * micro)
-            x = data.crops(rows[part], epochs[part], size, settings.seed).to(device).float() / 255.0  # (B, 3, S, S)
+            pixels = data.crops(rows[part], epochs[part], size, settings.seed, crop)  # (B, 3, S, S) uint8
+            x = pixels.to(device).float() / 255.0  # (B, 3, S, S)
             with autocast(device, settings.precision):
                 recon, extra = reconstruct(tok, x, parts, noise_seeds[part])  # (B, 3, S, S)
                 loss, parts_log = objective.generator_loss(x, recon, extra, step)

@@ -37,6 +37,7 @@ class FinetuneSettings:
     seed: int = 42
     precision: str = "float32"  # or "bf16" (autocast; weights and optimizer stay float32)
     train: tuple[str, ...] | None = None
+    crop_scale: float | None = None  # None: the official crop; a share s: random-resized crops of s..1 of the area
     # not part of the result:
     device: str = "auto"
     checkpoint_every: int = 500
@@ -45,11 +46,10 @@ class FinetuneSettings:
     eval_every: int | None = None  # held-out metrics every N steps (always at the start and the end)
     eval_batch_size: int = 16
     deterministic: bool = False
-    compile: bool = False  # torch.compile the decoder side (float rounding differs slightly from eager)
 
     RESULT_KEYS = ("steps", "batch_size", "grad_accum", "lr", "discriminator_lr", "end_lr", "warmup_steps",
                    "weight_decay", "beta1", "beta2", "max_grad_norm", "ema_decay", "seed", "precision",
-                   "train")  # fmt: skip
+                   "train", "crop_scale")  # fmt: skip
 
     def check(self) -> None:
         """UsageError for values no run can use (before anything is loaded)."""
@@ -77,6 +77,8 @@ class FinetuneSettings:
         for name in ("ema_decay", "beta1", "beta2"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UsageError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
+        if self.crop_scale is not None and not 0.0 < self.crop_scale <= 1.0:
+            raise UsageError(f"crop scale must be in (0, 1], got {self.crop_scale}")
         if self.train is not None and not self.train:
             raise UsageError("--train names no part")
 
