@@ -92,6 +92,8 @@ def build(out: Path, shared: Path) -> dict[str, Path]:
     class_folders(out / "classes", shared / "images")
     feature_weights(out / "feature-weights")
     reference_batch(out / "ref.npz", out / "classes")
+    drawings(out / "drawings" / "train", 160, seed=1)
+    drawings(out / "drawings" / "heldout", 8, seed=2)
     (out / "examples").symlink_to(ROOT / "examples")
     return snapshots
 
@@ -106,6 +108,31 @@ def class_folders(dest: Path, photos: Path) -> None:
             rgb = im.convert("RGB")
             rgb.save(folder / f"{path.stem}.png")
             rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / f"{path.stem}_flip.png")
+
+
+def drawings(dest: Path, count: int, seed: int) -> None:
+    """A domain unlike photos, for `titok finetune`: flat-coloured circles, boxes and triangles on
+    plain backgrounds, 96 x 80 pixels, drawn with Pillow from a seeded generator."""
+    import numpy as np
+    from PIL import ImageDraw
+
+    dest.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        im = Image.new("RGB", (96, 80), tuple(int(c) for c in rng.integers(0, 256, 3)))
+        draw = ImageDraw.Draw(im)
+        for _ in range(int(rng.integers(2, 6))):
+            x, y = (int(v) for v in rng.integers(0, 80, 2))
+            r = int(rng.integers(8, 30))
+            fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+            shape = int(rng.integers(0, 3))
+            if shape == 0:
+                draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+            elif shape == 1:
+                draw.rectangle((x - r, y - r // 2, x + r, y + r // 2), fill=fill)
+            else:
+                draw.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=fill)
+        im.save(dest / f"drawing{i:04d}.png")
 
 
 def _seeded_state(module, seed: int, nonnegative: bool = False) -> dict:
@@ -243,6 +270,13 @@ def sections(snapshots: dict[str, Path], skip_slow: bool) -> list[tuple[str, lis
             (f"titok train out/classes.npz -o run --generator {GEN} --steps 60 -b 8 --checkpoint-every 20", ""),
             ("titok sample --model run/final --class 0 -n 4 -o trained", ""),
             ("titok info run/final", ""),
+        ]),
+        ("titok finetune", [
+            (f"titok finetune drawings/train --heldout drawings/heldout -o ft --model {TOK} --steps 150 -b 8 "
+             "--lr 1e-3 --lpips feature-weights --eval-every 50", ""),
+            (f"python examples/finetune_compare.py drawings/heldout --before {TOK} --after ft/final "
+             "-o examples/finetune_before_after.png", ""),
+            ("titok info ft/final", ""),
         ]),
         ("Example scripts", [
             (f"python examples/roundtrip.py examples/images/chelsea.png --model {TOK} -o out/roundtrip.png", ""),

@@ -30,6 +30,10 @@ def test_example_scripts(golden, tmp_path):
     run("examples/sample_class.py", "--class", "3", "-n", "4", "--model", gen, "--tokenizer", tok,
         "-o", str(tmp_path / "s.png"))  # fmt: skip
     assert (tmp_path / "s.png").stat().st_size > 0
+    out = run("examples/finetune_compare.py", "examples/images", "--before", tok, "--after", tok,
+              "-o", str(tmp_path / "c.png"))  # fmt: skip
+    assert Image.open(tmp_path / "c.png").size == (3 * 64 + 4, 3 * 64 + 4)  # 3 images x (original | before | after)
+    assert "chelsea.png: PSNR" in out and "mean gain +0.00 dB" in out  # the same model twice: no gain
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "examples").glob("*.py") if p.name != "make_demo.py"))

@@ -106,7 +106,8 @@ def finetune(
                  f"{info['device']}; training {', '.join(info['trained'])}")  # fmt: skip
             files = [w["file"] for w in info["lpips_weights"].get("lpips", [])]
             tell(f"crops {info['crop']}; LPIPS " + (f"from {', '.join(files)}" if files else "off") +
-                 f"; discriminator {'new, from step ' + str(gan_start) if info['gan'] else 'off'}")  # fmt: skip
+                 f"; discriminator {'new, from step ' + str(gan_start) if info['gan'] else 'off'}"
+                 + (f" (--gan-start {gan_start} is past the last step)" if gan_weight and gan_start >= steps else ""))
 
         def stepped(m: dict[str, Any]) -> None:
             bar.status(f"loss {m['loss']:.4f}")  # the loss parts: in metrics.jsonl

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -126,7 +126,9 @@ def finetune_tokenizer(
             if heldout else None)  # fmt: skip
 
     ckpt_io.seed_everything(settings.seed)  # the same discriminator on every rank
-    objective = build_objective(losses, device, lpips_weights=None if lpips_weights is None else str(lpips_weights),
+    # a GAN that starts after the last step would only cost memory and checkpoint space: not built
+    in_run = losses if losses.discriminator_start < settings.steps else replace(losses, discriminator_weight=0.0)
+    objective = build_objective(in_run, device, lpips_weights=None if lpips_weights is None else str(lpips_weights),
                                 seed=settings.seed)  # fmt: skip
     disc = objective.trainable_discriminator()
     betas = (settings.beta1, settings.beta2)
