@@ -172,6 +172,22 @@ def test_hinge_and_lecam_against_hand_computed_values():
     assert obj.ema_fake_logits_mean.item() == pytest.approx(0.9 * 0.2 + 0.1 * fake.mean(), rel=1e-5)
 
 
+def test_lecam_averages_can_move_once_per_step_by_the_global_means():
+    x, y = batch(10), batch(11)
+    obj = objective(discriminator_start=0, lecam_weight=0.3, lecam_decay=0.9)
+    obj.ema_real_logits_mean.fill_(0.4)
+    obj.ema_fake_logits_mean.fill_(0.2)
+    held = obj.discriminator_loss(x, y, step=0, update_averages=False)[1]
+    assert (obj.ema_real_logits_mean.item(), obj.ema_fake_logits_mean.item()) == (pytest.approx(0.4), pytest.approx(0.2))
+    moved = objective(discriminator_start=0, lecam_weight=0.3, lecam_decay=0.9)
+    moved.ema_real_logits_mean.fill_(0.4)
+    moved.ema_fake_logits_mean.fill_(0.2)
+    assert moved.discriminator_loss(x, y, step=0)[1] == held  # the same loss: the averages are read before moving
+    obj.update_lecam(held["logits_real"], held["logits_fake"])  # what the job does after summing over ranks
+    assert torch.allclose(obj.ema_real_logits_mean, moved.ema_real_logits_mean)
+    assert torch.allclose(obj.ema_fake_logits_mean, moved.ema_fake_logits_mean)
+
+
 def test_hinge_on_random_logits_including_saturated_ones():
     from titok_cli.training.tokenizer_losses import hinge_discriminator_loss
 

@@ -81,12 +81,15 @@ def test_kill_9_then_rerun_ends_with_the_same_weights_and_discriminator(images, 
     assert "discriminator_loss" in reference[-1]
 
 
-@pytest.mark.parametrize("model, train", [(LEGACY, []), (GOLDEN / "tok_vae_tiny", ["--train", "encoder,decoder"])])
+GAN_FROM_STEP_1 = ["--gan-weight", "0.5", "--gan-start", "1"]  # discriminator steps 1..3, LeCAM averages included
+
+
+@pytest.mark.parametrize("model, train", [(LEGACY, GAN_FROM_STEP_1),
+                                          (GOLDEN / "tok_vae_tiny", ["--train", "encoder,decoder", "--gan-weight", "0"])])
 def test_torchrun_two_ranks_with_accumulation_match_one_process(images, tmp_path, model, train):
     pytest.importorskip("torch.distributed")
-    # no GAN: its LeCAM running means are updated from each rank's own images
     args = ["finetune", str(images), "--model", str(model), *train, "--steps", "4", "-b", "8", "--lr", "1e-3",
-            "--device", "cpu", "--perceptual-weight", "0", "--gan-weight", "0", "-q", "-o"]  # fmt: skip
+            "--device", "cpu", "--perceptual-weight", "0", "-q", "-o"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TITOK_DIST_BACKEND": "gloo", **ONE_THREAD}
     env.pop("TITOK_DEBUG", None)
     one = subprocess.run([sys.executable, "-m", "titok_cli", *args, str(tmp_path / "one")], env=env,
@@ -105,9 +108,26 @@ def test_torchrun_two_ranks_with_accumulation_match_one_process(images, tmp_path
     # to the learning rate where the exact gradient is zero or nearly so (the attention key bias, which
     # softmax ignores; a conv bias that a per-channel GroupNorm removes), so a few values differ by a
     # fraction of lr; the losses above them agree to 1e-5.
+    # With the GAN the discriminator's own Adam steps amplify rounding as well, and it feeds back into
+    # the tokenizer's loss: one process alone moves as much between -b 8 and -b 8 --grad-accum 4
+    # (measured: losses 2e-4 apart relative, weights up to 0.8 lr, the discriminator up to 1.8 of its lr).
+    gan = train is GAN_FROM_STEP_1
     diffs = torch.cat([(a[k] - b[k]).abs().flatten() for k in b])
-    assert float(diffs.max()) < 0.5 * 1e-3
+    assert float(diffs.max()) < (1.0 if gan else 0.5) * 1e-3
     assert float((diffs > 1e-5).float().mean()) < 0.01
     losses_two = [r["loss"] for r in MetricsLog.read(tmp_path / "two" / "metrics.jsonl")]
     losses_one = [r["loss"] for r in MetricsLog.read(tmp_path / "one" / "metrics.jsonl")]
-    assert losses_two == pytest.approx(losses_one, rel=1e-5)
+    assert losses_two == pytest.approx(losses_one, rel=1e-3 if gan else 1e-5)
+    if gan:  # the discriminator and LeCAM's averages agree too: one update per step, from the global batch
+        from titok_cli.training.checkpoint import latest_checkpoint
+
+        d_one, d_two = (latest_checkpoint(tmp_path / r / "checkpoints").group("extra.objective") for r in ("one", "two"))
+        assert sorted(d_one) == sorted(d_two) and "ema_real_logits_mean" in d_one
+        for key in ("ema_real_logits_mean", "ema_fake_logits_mean"):  # a per-rank update would be ~2x off
+            assert float(d_one[key]) != 0.0
+            torch.testing.assert_close(d_two[key], d_one[key], rtol=2e-3, atol=0.0)
+        for key in d_one:
+            torch.testing.assert_close(d_two[key], d_one[key], rtol=0.0, atol=2.5e-4)  # 2.5 x the discriminator's lr
+        assert [r.get("discriminator_loss") for r in MetricsLog.read(tmp_path / "two" / "metrics.jsonl")] == \
+            pytest.approx([r.get("discriminator_loss") for r in MetricsLog.read(tmp_path / "one" / "metrics.jsonl")],
+                          rel=1e-3)  # fmt: skip

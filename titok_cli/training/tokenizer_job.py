@@ -198,7 +198,7 @@ def finetune_tokenizer(
             disc_opt.zero_grad(set_to_none=True)  # the generator loss's backward reached it too
             for x, recon in batches:
                 with autocast(device, settings.precision):
-                    d_loss, d_log = objective.discriminator_loss(x, recon, step)
+                    d_loss, d_log = objective.discriminator_loss(x, recon, step, update_averages=False)
                 (d_loss * (micro / g)).backward()
                 for key, value in {"discriminator_loss": float(d_loss.detach()), **d_log}.items():
                     logs[key] = logs.get(key, 0.0) + float(value) * micro / g
@@ -209,6 +209,8 @@ def finetune_tokenizer(
             disc_opt.zero_grad(set_to_none=True)
         keys = sorted(logs)
         sums = all_reduce_sum(torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=device)).cpu()
+        if "logits_real" in logs:  # LeCAM's averages move once per step, by the means over the global batch
+            objective.update_lecam(float(sums[keys.index("logits_real")]), float(sums[keys.index("logits_fake")]))
         seconds = time.perf_counter() - t0
         return {"step": step + 1, **{k: float(v) for k, v in zip(keys, sums)}, "lr": lr, "grad_norm": grad_norm,
                 "epoch": round(sampler.epoch_of(step + 1), 4), "images_per_s": round(g / seconds, 2),

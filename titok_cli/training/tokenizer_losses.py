@@ -152,6 +152,13 @@ class TokenizerObjective(nn.Module):
         """The module whose parameters the discriminator optimizer updates (None: no GAN)."""
         return self.discriminator
 
+    @torch.no_grad()
+    def update_lecam(self, real_mean: Tensor | float, fake_mean: Tensor | float) -> None:
+        """Move the LeCAM averages toward these mean logits (decay `lecam_decay`, as officially)."""
+        d = self.settings.lecam_decay
+        self.ema_real_logits_mean.mul_(d).add_((1 - d) * torch.as_tensor(real_mean, dtype=torch.float32))
+        self.ema_fake_logits_mean.mul_(d).add_((1 - d) * torch.as_tensor(fake_mean, dtype=torch.float32))
+
     def generator_loss(self, images: Tensor, recon: Tensor, extra: dict[str, Tensor],
                        step: int) -> tuple[Tensor, dict[str, float]]:  # fmt: skip
         """images/recon in [0,1], (B,3,H,W). extra: {"quantizer_loss": scalar} for VQ when the encoder trains,
@@ -194,12 +201,16 @@ class TokenizerObjective(nn.Module):
                        d_weight=s.discriminator_weight)  # fmt: skip
         return total, _floats({"total_loss": total, **metrics})
 
-    def discriminator_loss(self, images: Tensor, recon: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
+    def discriminator_loss(self, images: Tensor, recon: Tensor, step: int,
+                           update_averages: bool = True) -> tuple[Tensor, dict[str, float]]:  # fmt: skip
         """Hinge + LeCAM; updates the LeCAM EMA buffers (buffers -> they land in state_dict for exact resume).
 
         Before discriminator_start (or without a GAN) the loss is a constant 0 with no graph, the
         discriminator is not run and the buffers do not move: the official trainer skips the
-        discriminator step there, so callers check `gan_active(step)` and skip it too."""
+        discriminator step there, so callers check `gan_active(step)` and skip it too.
+        `update_averages=False` leaves the buffers to one `update_lecam` call per optimizer step
+        (with the logits' means over all micro-batches and ranks: then the averages, and so the
+        run, do not depend on how the global batch is split)."""
         s = self.settings
         if not self.gan_active(step):
             zero = torch.zeros((), device=images.device)
@@ -215,9 +226,8 @@ class TokenizerObjective(nn.Module):
                 ema_real = self.ema_real_logits_mean.clone()  # values before this step's update
                 ema_fake = self.ema_fake_logits_mean.clone()
                 lecam = s.lecam_weight * lecam_penalty(real_mean, fake_mean, ema_real, ema_fake)
-                with torch.no_grad():
-                    self.ema_real_logits_mean.mul_(s.lecam_decay).add_((1 - s.lecam_decay) * real_mean.detach())
-                    self.ema_fake_logits_mean.mul_(s.lecam_decay).add_((1 - s.lecam_decay) * fake_mean.detach())
+                if update_averages:
+                    self.update_lecam(real_mean.detach(), fake_mean.detach())
             loss = loss + lecam
         metrics = {"discriminator_loss": loss, "logits_real": real_mean, "logits_fake": fake_mean,
                    "lecam_loss": lecam, "discriminator_factor": s.discriminator_factor}  # fmt: skip
