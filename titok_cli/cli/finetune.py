@@ -78,6 +78,7 @@ def finetune(
 
     Example:  titok finetune faces/ --heldout faces-val/ -o run/ --model titok-l32 --steps 5000
     """
+    from titok_cli.quality.weights import cache_dir
     from titok_cli.training.tokenizer_job import finetune_tokenizer
     from titok_cli.training.tokenizer_losses import LossSettings
     from titok_cli.training.tokenizer_settings import FinetuneSettings
@@ -105,7 +106,8 @@ def finetune(
             tell(f"{info['images']} images, global batch {info['global_batch']} on {info['world_size']} x "
                  f"{info['device']}; training {', '.join(info['trained'])}")  # fmt: skip
             files = [w["file"] for w in info["lpips_weights"].get("lpips", [])]
-            tell(f"crops {info['crop']}; LPIPS " + (f"from {', '.join(files)}" if files else "off") +
+            where = lpips if lpips is not None else str(cache_dir())
+            tell(f"crops {info['crop']}; LPIPS " + (f"{' + '.join(files)} from {where}" if files else "off") +
                  f"; discriminator {'new, from step ' + str(gan_start) if info['gan'] else 'off'}"
                  + (f" (--gan-start {gan_start} is past the last step)" if gan_weight and gan_start >= steps else ""))
 
