@@ -29,8 +29,8 @@ from .data import EpochSampler, TokenDataset
 from .ema import EMA
 from .generator_objective import MaskGITObjective, draw_step, loss_sums, model_inputs, weights_of
 from .generator_settings import TrainResult, TrainSettings
-from .loop import (MetricsLog, adamw, all_reduce_sum, autocast, gather_objects, memory_mb, no_sync, set_deterministic,
-                   train_mode, wrap_ddp)  # fmt: skip
+from .loop import (MetricsLog, adamw, all_reduce_sum, autocast, gather_objects, memory_mb, micro_batch_size, no_sync,
+                   set_deterministic, train_mode, wrap_ddp)  # fmt: skip
 from .schedule import WarmupCosine
 
 FINAL = "final"
@@ -186,11 +186,7 @@ def train_generator(
     settings = settings.resolved()
     run_dir = Path(run_dir)
     rank, world = dist_info()
-    per_rank = settings.batch_size // world
-    if settings.batch_size % world or per_rank % settings.grad_accum:
-        raise UsageError(f"batch size {settings.batch_size} does not split evenly over {world} ranks x "
-                         f"{settings.grad_accum} accumulation steps")  # fmt: skip
-    micro = per_rank // settings.grad_accum
+    micro = micro_batch_size(settings.batch_size, settings.grad_accum, world)
 
     doc, folder = generator_spec(generator)
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from .loop import PRECISIONS
+from .loop import check_run_settings
 
 
 @dataclass(frozen=True)
@@ -51,26 +51,11 @@ class TrainSettings:
 
     def check(self) -> None:
         """UsageError for values no run can use (before anything is loaded)."""
-        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_run_settings(self, unit_range=("label_smoothing", "unmasked_weight"))
         if self.sample_every is not None and self.sample_every < 1:
             raise UsageError(f"sample-every must be >= 1, got {self.sample_every}")
-        if self.batch_size % self.grad_accum:
-            raise UsageError(f"batch size {self.batch_size} is not a multiple of --grad-accum {self.grad_accum}")
         if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.end_lr) and self.end_lr >= 0):
             raise UsageError("the learning rate must be > 0 and the end learning rate >= 0 (finite numbers)")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise UsageError(f"weight decay must be a finite number >= 0, got {self.weight_decay}")
-        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
-            raise UsageError(f"max grad norm must be a finite number > 0 (or off), got {self.max_grad_norm}")
-        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
-            raise UsageError(f"warm-up steps must be in 0..{self.steps}, got {self.warmup_steps}")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        for name in ("label_smoothing", "unmasked_weight", "ema_decay", "beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise UsageError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
         if self.class_dropout is not None and not 0.0 <= self.class_dropout <= 1.0:
             raise UsageError(f"class dropout must be in [0, 1], got {self.class_dropout}")
 

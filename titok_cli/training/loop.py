@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import resource
 import sys
@@ -16,7 +17,41 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from ..errors import UsageError
+
 PRECISIONS = ("float32", "bf16")
+_COUNTS = ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every")
+
+
+def check_run_settings(s: Any, counts: tuple[str, ...] = (), unit_range: tuple[str, ...] = ()) -> None:
+    """The checks both training jobs' settings share (UsageError naming the flag): counts >= 1, a batch
+    that splits into --grad-accum micro-batches, decay, clipping, warm-up, precision, and values
+    in [0, 1] (`unit_range`, besides ema_decay and the betas)."""
+    for name in _COUNTS + counts:
+        if getattr(s, name) < 1:
+            raise UsageError(f"{name.replace('_', '-')} must be >= 1, got {getattr(s, name)}")
+    if s.batch_size % s.grad_accum:
+        raise UsageError(f"batch size {s.batch_size} is not a multiple of --grad-accum {s.grad_accum}")
+    if not (math.isfinite(s.weight_decay) and s.weight_decay >= 0):
+        raise UsageError(f"weight decay must be a finite number >= 0, got {s.weight_decay}")
+    if s.max_grad_norm is not None and not (math.isfinite(s.max_grad_norm) and s.max_grad_norm > 0):
+        raise UsageError(f"max grad norm must be a finite number > 0 (or off), got {s.max_grad_norm}")
+    if s.warmup_steps is not None and not 0 <= s.warmup_steps <= s.steps:
+        raise UsageError(f"warm-up steps must be in 0..{s.steps}, got {s.warmup_steps}")
+    if s.precision not in PRECISIONS:
+        raise UsageError(f"precision {s.precision!r} is not one of {', '.join(PRECISIONS)}")
+    for name in unit_range + ("ema_decay", "beta1", "beta2"):
+        if not 0.0 <= getattr(s, name) <= 1.0:
+            raise UsageError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(s, name)}")
+
+
+def micro_batch_size(batch_size: int, grad_accum: int, world: int) -> int:
+    """Images (rows) per micro-batch on each rank; UsageError when the global batch does not split evenly."""
+    per_rank = batch_size // world
+    if batch_size % world or per_rank % grad_accum:
+        raise UsageError(f"batch size {batch_size} does not split evenly over {world} ranks x "
+                         f"{grad_accum} accumulation steps")  # fmt: skip
+    return per_rank // grad_accum
 
 # Parameter names the official trainer keeps out of weight decay (besides every tensor of rank < 2).
 _NO_DECAY_PARTS = ("ln", "bias", "latent_tokens", "mask_token", "embedding", "norm", "gamma", "embed")

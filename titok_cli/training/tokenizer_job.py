@@ -25,12 +25,11 @@ import numpy as np
 import torch
 
 from ..distributed import barrier, dist_info, rank_device
-from ..errors import UsageError
 from . import checkpoint as ckpt_io
 from .data import EpochSampler
 from .ema import EMA
-from .loop import (MetricsLog, adamw, all_reduce_sum, autocast, gather_objects, memory_mb, set_deterministic,
-                   sum_gradients, train_mode)  # fmt: skip
+from .loop import (MetricsLog, adamw, all_reduce_sum, autocast, gather_objects, memory_mb, micro_batch_size,
+                   set_deterministic, sum_gradients, train_mode)  # fmt: skip
 from .schedule import WarmupCosine
 from .tokenizer_heldout import Heldout
 from .tokenizer_images import TrainImages
@@ -105,11 +104,7 @@ def finetune_tokenizer(
     losses.check()
     run_dir = Path(run_dir)
     rank, world = dist_info()
-    per_rank = settings.batch_size // world
-    if settings.batch_size % world or per_rank % settings.grad_accum:
-        raise UsageError(f"batch size {settings.batch_size} does not split evenly over {world} ranks x "
-                         f"{settings.grad_accum} accumulation steps")  # fmt: skip
-    micro = per_rank // settings.grad_accum
+    micro = micro_batch_size(settings.batch_size, settings.grad_accum, world)
     data = TrainImages(images)
 
     from ..devices import pick_device

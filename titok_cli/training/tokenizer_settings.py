@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from .loop import PRECISIONS
+from .loop import check_run_settings
 
 
 @dataclass(frozen=True)
@@ -53,30 +53,14 @@ class FinetuneSettings:
 
     def check(self) -> None:
         """UsageError for values no run can use (before anything is loaded)."""
-        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every",
-                     "eval_batch_size"):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_run_settings(self, counts=("eval_batch_size",))
         if self.eval_every is not None and self.eval_every < 1:
             raise UsageError(f"eval-every must be >= 1, got {self.eval_every}")
-        if self.batch_size % self.grad_accum:
-            raise UsageError(f"batch size {self.batch_size} is not a multiple of --grad-accum {self.grad_accum}")
         for name in ("lr", "discriminator_lr"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise UsageError(f"{name.replace('_', ' ')} must be a finite number > 0, got {getattr(self, name)}")
         if not (math.isfinite(self.end_lr) and self.end_lr >= 0):
             raise UsageError(f"the end learning rate must be a finite number >= 0, got {self.end_lr}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise UsageError(f"weight decay must be a finite number >= 0, got {self.weight_decay}")
-        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
-            raise UsageError(f"max grad norm must be a finite number > 0 (or off), got {self.max_grad_norm}")
-        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
-            raise UsageError(f"warm-up steps must be in 0..{self.steps}, got {self.warmup_steps}")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        for name in ("ema_decay", "beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise UsageError(f"{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
         if self.crop_scale is not None and not 0.0 < self.crop_scale <= 1.0:
             raise UsageError(f"crop scale must be in (0, 1], got {self.crop_scale}")
         if self.train is not None and not self.train:
