@@ -1,0 +1,137 @@
+"""Fine-tuning throughput of `titok finetune` (images/s, steps/s, peak memory) for a tokenizer architecture.
+
+    python benchmarks/finetune_throughput.py                        # L-32, CPU, batch 2, fp32 + bf16
+    python benchmarks/finetune_throughput.py --model titok-s128 --batch-size 4 --steps 8
+
+Runs the real loop (`finetune_tokenizer` with its default parts and losses: training crops,
+decoder-side forward and backward, L2 + LPIPS, clipping, AdamW, EMA) on random weights of the
+registry architecture (speed does not depend on the values) and on synthetic 256x256 photos-sized
+noise images, once per precision; reports the median per-step rate after `--warmup` steps from
+metrics.jsonl. LPIPS uses seeded stand-in weights of the real shapes (no download). Writes
+benchmarks/results/finetune-<model>-<device>-<cpu-slug>.json with the machine recorded. The
+run's folders go to a temporary directory that is deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import re
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from titok_cli import registry  # noqa: E402
+from titok_cli.models.tokenizer import TiTokTokenizer  # noqa: E402
+from titok_cli.perf import cpu_model  # noqa: E402
+from titok_cli.training import FinetuneSettings, finetune_tokenizer  # noqa: E402
+from titok_cli.training.loop import MetricsLog  # noqa: E402
+from titok_cli.training.tokenizer_losses import LossSettings  # noqa: E402
+
+
+def random_checkpoint(folder: Path, name: str) -> Path:
+    """A Hub-format folder holding the registry architecture with seeded random weights."""
+    from safetensors.torch import save_file
+
+    entry = registry.get(name)
+    torch.manual_seed(0)
+    model = TiTokTokenizer.from_config(entry.config)
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(entry.config))
+    return folder
+
+
+def noise_images(folder: Path, count: int, size: int) -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (size, size + 32, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def lpips_stand_in(folder: Path) -> Path:
+    """VGG16 and LPIPS-head weights of the real shapes, seeded (LPIPS' cost, not its values)."""
+    from titok_cli.quality.lpips import LPIPS
+    from titok_cli.quality.weights import known
+
+    folder.mkdir(parents=True)
+    torch.manual_seed(1)
+    net = LPIPS()
+    torch.save(net.backbone.state_dict(), folder / known("vgg16").filename)
+    torch.save({k: v.abs() for k, v in net.heads.state_dict().items()}, folder / known("lpips-vgg").filename)
+    return folder
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="titok-l32", help="registry name of the architecture")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
+    p.add_argument("--precisions", default="float32,bf16")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--shared", default="", help="a note on other load on the machine")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+
+    entry = registry.get(args.model)
+    result = {"model": args.model, "parameters": entry.num_parameters, "batch_size": args.batch_size,
+              "steps": args.steps, "warmup": args.warmup, "device": args.device,
+              "losses": "L2 + LPIPS-VGG (default; the GAN starts at step 20000)",
+              "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads(), "platform": platform.platform(),
+                          "torch": torch.__version__,
+                          "cuda": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
+              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "shared": args.shared,
+              "runs": {}}  # fmt: skip
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{args.model}-{args.device}-{cpu_model()}".lower()).strip("-")
+    out = args.out or ROOT / "benchmarks" / "results" / f"finetune-{slug}.json"
+    precisions = args.precisions.split(",")
+    if len(precisions) > 1:  # one process per precision: the CPU's peak memory (max RSS) is per process
+        import subprocess
+
+        for precision in precisions:
+            part = out.with_suffix(f".{precision}.part")
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--precisions", precision, "--out", str(part)]
+            subprocess.run(cmd, check=True)
+            result["runs"].update(json.loads(part.read_text())["runs"])
+            part.unlink()
+            out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"-> {out}")
+        return
+    with tempfile.TemporaryDirectory(prefix="titok-finetune-bench-") as tmp:
+        model = random_checkpoint(Path(tmp) / "model", args.model)
+        images = noise_images(Path(tmp) / "images", 4 * args.batch_size, entry.image_size)
+        lpips = lpips_stand_in(Path(tmp) / "lpips")
+        for precision in precisions:
+            run = Path(tmp) / precision
+            settings = FinetuneSettings(steps=args.steps, batch_size=args.batch_size, precision=precision,
+                                        device=args.device, checkpoint_every=10**9, keep_checkpoints=1)  # fmt: skip
+            result_run = finetune_tokenizer([images], run, str(model), settings=settings, losses=LossSettings(),
+                                            lpips_weights=str(lpips))  # fmt: skip
+            rows = [r for r in MetricsLog.read(run / "metrics.jsonl") if "loss" in r][args.warmup :]
+            result["runs"][precision] = {
+                "images_per_s": statistics.median(r["images_per_s"] for r in rows),
+                "steps_per_s": statistics.median(r["steps_per_s"] for r in rows),
+                "peak_memory_mb": max(r["memory_mb"] for r in rows),
+                "trained": result_run.trained,
+                "final_loss": rows[-1]["loss"],
+            }
+            print(precision, json.dumps(result["runs"][precision]), flush=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()
