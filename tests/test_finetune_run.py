@@ -82,6 +82,17 @@ def test_old_and_new_model_give_the_same_token_ids_and_the_new_one_decodes_bette
     assert len(list((tmp_path / "dec").glob("*.png"))) == 8
 
 
+def test_the_published_folder_measures_as_the_after_column(trained, domain):
+    """`titok eval recon` of final/ gives the table's "after" numbers: what was measured is what was published."""
+    res = titok("eval", "recon", str(domain["heldout"]), "--model", str(trained.final), "--lpips", str(domain["lpips"]),
+                "--no-fid", "--device", "cpu", "--json")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    for key in ("psnr", "ssim", "lpips"):
+        assert report[key] == pytest.approx(trained.after[key], rel=1e-6, abs=1e-9), key
+    assert report[key] != pytest.approx(trained.before[key], rel=1e-3)
+
+
 def test_rerun_of_a_finished_run_changes_nothing(trained, domain):
     before = load_file(str(trained.final / "model.safetensors"))
     again = finetune_tokenizer([domain["train"]], trained.run_dir, str(LEGACY), settings=FinetuneSettings(
