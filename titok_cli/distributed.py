@@ -6,6 +6,7 @@ rank 0 of 1 and never touches torch.distributed.
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -25,7 +26,21 @@ def dist_info() -> tuple[int, int]:
         if backend == "nccl":  # bind this rank to its GPU before NCCL picks one for barriers
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         dist.init_process_group(backend=backend)
+        atexit.register(_destroy_process_group)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _destroy_process_group() -> None:
+    """Tear the process group down while the interpreter is still whole: left to interpreter
+    shutdown, gloo's worker threads can abort the process ("terminate called without an active
+    exception", exit -6) after the job itself succeeded."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - exiting anyway; a failed teardown must not mask the result
+            pass
 
 
 def rank_device(preferred: str = "auto") -> str:
