@@ -286,7 +286,8 @@ def training_record(config: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     keys = ("trained_with", "tokenizer", "finetuned_from", "trained_parts", "frozen_parts")
     record = {k: experiment[k] for k in keys if experiment.get(k) is not None}
-    steps = (config.get("training") or {}).get("max_train_steps") if isinstance(config.get("training"), dict) else None
+    training = config.get("training")
+    steps = training.get("max_train_steps") if isinstance(training, dict) else None
     return {**record, "steps": steps} if steps is not None else record
 
 

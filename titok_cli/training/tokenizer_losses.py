@@ -154,7 +154,10 @@ class TokenizerObjective(nn.Module):
 
     @torch.no_grad()
     def update_lecam(self, real_mean: Tensor | float, fake_mean: Tensor | float) -> None:
-        """Move the LeCAM averages toward these mean logits (decay `lecam_decay`, as officially)."""
+        """Move the LeCAM averages toward these mean logits (decay `lecam_decay`, as officially);
+        nothing moves when LeCAM is off, whoever calls."""
+        if self.settings.lecam_weight <= 0:
+            return
         d = self.settings.lecam_decay
         self.ema_real_logits_mean.mul_(d).add_((1 - d) * torch.as_tensor(real_mean, dtype=torch.float32))
         self.ema_fake_logits_mean.mul_(d).add_((1 - d) * torch.as_tensor(fake_mean, dtype=torch.float32))
@@ -226,8 +229,8 @@ class TokenizerObjective(nn.Module):
                 ema_real = self.ema_real_logits_mean.clone()  # values before this step's update
                 ema_fake = self.ema_fake_logits_mean.clone()
                 lecam = s.lecam_weight * lecam_penalty(real_mean, fake_mean, ema_real, ema_fake)
-                if update_averages:
-                    self.update_lecam(real_mean.detach(), fake_mean.detach())
+            if update_averages:
+                self.update_lecam(real_mean.detach(), fake_mean.detach())
             loss = loss + lecam
         metrics = {"discriminator_loss": loss, "logits_real": real_mean, "logits_fake": fake_mean,
                    "lecam_loss": lecam, "discriminator_factor": s.discriminator_factor}  # fmt: skip
