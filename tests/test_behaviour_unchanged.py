@@ -1,4 +1,4 @@
-"""Refactors change no output: encode, decode and sample give the same bytes as before them.
+"""Refactors change no output: encode, decode and sample give the same results as before them.
 
 Each case runs the same command twice on the golden models and real photos: once with the
 package as it stood at a baseline commit (exported from this repository's own history with
@@ -8,8 +8,14 @@ the outputs. Baselines:
   code (issue 10);
 - sample: 015d327, the commit that introduced the per-image seed rule (issue 9, point 4), a
   deliberate change of the pictures; everything after it is refactoring.
-Running both sides on this machine keeps the comparison exact (pixels may differ across CPU
-types by summation order, so stored hashes would not be).
+Running both sides on this machine keeps the comparison close (stored hashes would not be:
+pixels differ across CPU types by summation order). Token ids and token files must be identical.
+Pictures must be identical in size and within one uint8 level, with at most 0.1% of the values
+off by that level: on some CPUs (one clean-clone CI run on a machine other than ours) a
+refactor that changes a tensor's memory layout lets the convolution or GEMM kernels sum in
+another order, which moves an output by ~1e-6 and so, now and then, a value across a rounding
+boundary (REFERENCE.md section 9 allows 1e-4 on decoder outputs). A real change of behaviour
+moves far more than that.
 """
 
 from __future__ import annotations
@@ -49,8 +55,19 @@ def _titok(code: Path, cwd: Path, *args: str) -> None:
     assert res.returncode == 0, f"{code}: titok {' '.join(args)}\n{res.stderr[-2000:]}"
 
 
-def _pngs(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+def _pngs(folder: Path) -> dict[str, np.ndarray]:
+    return {str(p.relative_to(folder)): np.asarray(Image.open(p)) for p in sorted(folder.rglob("*.png"))}
+
+
+def assert_close_pictures(after: dict[str, np.ndarray], before: dict[str, np.ndarray]) -> None:
+    """Same names, shapes and dtypes; values within one level, at most 0.1% of them off."""
+    assert sorted(after) == sorted(before)
+    for name, a in after.items():
+        b = before[name]
+        assert a.shape == b.shape and a.dtype == b.dtype == np.uint8, name
+        diff = np.abs(a.astype(np.int16) - b.astype(np.int16))  # (H, W, 3)
+        off = int(np.count_nonzero(diff))
+        assert int(diff.max()) <= 1 and off <= diff.size // 1000, f"{name}: {off} of {diff.size} values differ, by up to {int(diff.max())}"
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +94,7 @@ def test_encode_and_decode_bytes_unchanged(sides, golden, images_dir, tmp_path, 
     assert (out["before"] / "t.npz").read_bytes() == (out["after"] / "t.npz").read_bytes()
     pngs = _pngs(out["after"] / "png")
     assert len(pngs) == len(before["names"]) >= 9  # every photo decoded
-    assert pngs == _pngs(out["before"] / "png")
+    assert_close_pictures(pngs, _pngs(out["before"] / "png"))
 
 
 @pytest.mark.parametrize("gen", ["gen_vit_tiny", "gen_uvit_tiny"])
@@ -91,10 +108,12 @@ def test_sample_bytes_unchanged(sides, golden, tmp_path, gen):
         _titok(code, work, "sample", *models, "--all-classes", "-n", "2", "--seed", "1", "--npz", "fid.npz")
         out[side] = work
     pngs = _pngs(out["after"] / "png")
-    assert len(pngs) == 3 and pngs == _pngs(out["before"] / "png")
+    assert len(pngs) == 3
+    assert_close_pictures(pngs, _pngs(out["before"] / "png"))
     before, after = np.load(out["before"] / "fid.npz"), np.load(out["after"] / "fid.npz")
     assert before.files == after.files == ["arr_0", "labels"]
-    assert np.array_equal(before["arr_0"], after["arr_0"]) and np.array_equal(before["labels"], after["labels"])
+    assert np.array_equal(before["labels"], after["labels"])
+    assert_close_pictures(dict(enumerate(after["arr_0"])), dict(enumerate(before["arr_0"])))
     assert after["arr_0"].shape[0] == 20 and len(np.unique(after["arr_0"].reshape(20, -1), axis=0)) == 20
     first = Image.open(out["after"] / "png" / sorted(pngs)[0])
     assert first.size == (64, 64)
