@@ -29,8 +29,8 @@ from .data import EpochSampler, TokenDataset
 from .ema import EMA
 from .generator_objective import MaskGITObjective, draw_step, loss_sums, model_inputs, weights_of
 from .generator_settings import TrainResult, TrainSettings
-from .loop import (MetricsLog, adamw, all_reduce_sum, autocast, gather_objects, memory_mb, micro_batch_size, no_sync,
-                   set_deterministic, train_mode, wrap_ddp)  # fmt: skip
+from .loop import (MetricsLog, adamw, all_reduce_sum, autocast, checkpoint_if_due, memory_mb, micro_batch_size, no_sync,
+                   report_step, set_deterministic, train_mode, wrap_ddp)  # fmt: skip
 from .schedule import WarmupCosine
 
 FINAL = "final"
@@ -293,18 +293,10 @@ def train_generator(
         with train_mode(model):
             for step in range(start, settings.steps):
                 last = one_step(step)
-                done = last["step"]
-                if log is not None and (done % settings.log_every == 0 or done == settings.steps):
-                    log.write(last)
-                if rank == 0 and on_step is not None:
-                    on_step(last)
+                done = report_step(last, settings, log, on_step, rank)
                 if grid is not None and (done % settings.sample_every == 0 or done == settings.steps):
                     grid.write(done, model, ema)
-                if done % settings.checkpoint_every == 0 or done == settings.steps:
-                    position = {"samples_seen": done * settings.batch_size, "seed": settings.seed}
-                    state.save(ckpt_dir, done, {"fingerprint": fingerprint, "data_position": position},
-                               keep=settings.keep_checkpoints, rank=rank, gather=gather_objects)  # fmt: skip
-                    barrier()
+                checkpoint_if_due(state, ckpt_dir, done, settings, fingerprint, rank)
     finally:
         if log is not None:
             log.close()

@@ -1,6 +1,7 @@
-"""The generic parts of a training loop: optimizer groups, precision, DDP, reductions, metrics.
+"""The generic parts of a training loop: optimizer groups, precision, DDP, reductions, metrics,
+and what every step ends with (its metrics line, its progress report, a checkpoint when due).
 
-Nothing here knows what is being trained; `generator_job` (and later jobs) compose these.
+Nothing here knows what is being trained; `generator_job` and `tokenizer_job` compose these.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from ..distributed import barrier
 from ..errors import UsageError
 
 PRECISIONS = ("float32", "bf16")
@@ -191,6 +193,28 @@ class MetricsLog:
     @staticmethod
     def read(path: str | os.PathLike) -> list[dict[str, Any]]:
         return [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def report_step(last: dict[str, Any], s: Any, log: MetricsLog | None, on_step: Any, rank: int) -> int:
+    """Log a finished step (every `s.log_every` steps and the last) and hand it to rank 0's
+    progress callback; returns the number of steps done."""
+    done = int(last["step"])
+    if log is not None and (done % s.log_every == 0 or done == s.steps):
+        log.write(last)
+    if rank == 0 and on_step is not None:
+        on_step(last)
+    return done
+
+
+def checkpoint_if_due(state: Any, folder: Path, done: int, s: Any, fingerprint: dict[str, Any], rank: int) -> None:
+    """Every `s.checkpoint_every` steps and after the last: an atomic checkpoint with the data
+    position. A collective under torchrun (every rank calls it; rank 0 writes)."""
+    if done % s.checkpoint_every and done != s.steps:
+        return
+    position = {"samples_seen": done * s.batch_size, "seed": s.seed}
+    state.save(folder, done, {"fingerprint": fingerprint, "data_position": position},
+               keep=s.keep_checkpoints, rank=rank, gather=gather_objects)  # fmt: skip
+    barrier()
 
 
 @contextlib.contextmanager

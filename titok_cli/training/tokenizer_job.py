@@ -28,8 +28,8 @@ from ..distributed import barrier, dist_info, rank_device
 from . import checkpoint as ckpt_io
 from .data import EpochSampler
 from .ema import EMA
-from .loop import (MetricsLog, adamw, all_reduce_sum, autocast, gather_objects, memory_mb, micro_batch_size,
-                   set_deterministic, sum_gradients, train_mode)  # fmt: skip
+from .loop import (MetricsLog, adamw, all_reduce_sum, autocast, checkpoint_if_due, memory_mb, micro_batch_size,
+                   report_step, set_deterministic, sum_gradients, train_mode)  # fmt: skip
 from .schedule import WarmupCosine
 from .tokenizer_heldout import Heldout
 from .tokenizer_images import TrainImages
@@ -226,16 +226,8 @@ def finetune_tokenizer(
             frozen_modes(tok, parts)
             for step in range(start, settings.steps):
                 last = one_step(step)
-                done = last["step"]
-                if log is not None and (done % settings.log_every == 0 or done == settings.steps):
-                    log.write(last)
-                if rank == 0 and on_step is not None:
-                    on_step(last)
-                if done % settings.checkpoint_every == 0 or done == settings.steps:
-                    position = {"samples_seen": done * settings.batch_size, "seed": settings.seed}
-                    state.save(ckpt_dir, done, {"fingerprint": fingerprint, "data_position": position},
-                               keep=settings.keep_checkpoints, rank=rank, gather=gather_objects)  # fmt: skip
-                    barrier()
+                done = report_step(last, settings, log, on_step, rank)
+                checkpoint_if_due(state, ckpt_dir, done, settings, fingerprint, rank)
                 if settings.eval_every is not None and done % settings.eval_every == 0 and done < settings.steps:
                     tok.eval()
                     measure(done)
