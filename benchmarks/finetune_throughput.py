@@ -3,8 +3,9 @@
     python benchmarks/finetune_throughput.py                        # L-32, CPU, batch 2, fp32 + bf16
     python benchmarks/finetune_throughput.py --model titok-s128 --batch-size 4 --steps 8
 
-Runs the real loop (`finetune_tokenizer` with its default parts and losses: training crops,
-decoder-side forward and backward, L2 + LPIPS, clipping, AdamW, EMA) on random weights of the
+Runs the real loop (`finetune_tokenizer` with its default parts: training crops, decoder-side
+forward and backward, L2 + LPIPS at 1.1, clipping, AdamW, EMA; the losses the recorded results were
+measured with, before ConvNeXt-S became the default perceptual loss) on random weights of the
 registry architecture (speed does not depend on the values) and on synthetic 256x256 photos-sized
 noise images, once per precision; reports the median per-step rate after `--warmup` steps from
 metrics.jsonl. LPIPS uses seeded stand-in weights of the real shapes (no download). Writes
@@ -37,6 +38,8 @@ from titok_cli.perf import cpu_model  # noqa: E402
 from titok_cli.training import FinetuneSettings, finetune_tokenizer  # noqa: E402
 from titok_cli.training.loop import MetricsLog  # noqa: E402
 from titok_cli.training.tokenizer_losses import LossSettings  # noqa: E402
+
+MEASURED_LOSSES = LossSettings(perceptual="lpips", perceptual_weight=1.1)
 
 
 def random_checkpoint(folder: Path, name: str) -> Path:
@@ -117,7 +120,7 @@ def main() -> None:
             run = Path(tmp) / precision
             settings = FinetuneSettings(steps=args.steps, batch_size=args.batch_size, precision=precision,
                                         device=args.device, checkpoint_every=10**9, keep_checkpoints=1)  # fmt: skip
-            result_run = finetune_tokenizer([images], run, str(model), settings=settings, losses=LossSettings(),
+            result_run = finetune_tokenizer([images], run, str(model), settings=settings, losses=MEASURED_LOSSES,
                                             lpips_weights=str(lpips))  # fmt: skip
             rows = [r for r in MetricsLog.read(run / "metrics.jsonl") if "loss" in r][args.warmup :]
             result["runs"][precision] = {

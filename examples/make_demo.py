@@ -273,7 +273,7 @@ def sections(snapshots: dict[str, Path], skip_slow: bool) -> list[tuple[str, lis
         ]),
         ("titok finetune", [
             (f"titok finetune drawings/train --heldout drawings/heldout -o ft --model {TOK} --steps 150 -b 8 "
-             "--lr 1e-3 --lpips feature-weights --eval-every 50", ""),
+             "--lr 1e-3 --perceptual lpips --lpips feature-weights --eval-every 50", ""),
             (f"python examples/finetune_compare.py drawings/heldout --before {TOK} --after ft/final "
              "-o examples/finetune_before_after.png", ""),
             ("titok info ft/final", ""),

@@ -8,6 +8,8 @@ LPIPS runs on the seeded stand-in weights of tests/reference/make_lpips_ssim_ref
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -127,7 +129,7 @@ def test_quantizer_kl_and_gan_terms_add_up():
 
 def test_perceptual_term_is_weighted_lpips(lpips):
     x, y = batch(4, side=32), batch(5, side=32)
-    obj = TokenizerObjective(LossSettings(discriminator_weight=0.0), lpips, None)
+    obj = TokenizerObjective(LossSettings(perceptual="lpips", perceptual_weight=1.1, discriminator_weight=0.0), lpips, None)
     _, m = obj.generator_loss(x, y, {}, step=0)
     assert m["perceptual_loss"] == pytest.approx(1.1 * lpips(x, y).mean().item(), rel=1e-5)
     assert m["perceptual_loss"] > 0
@@ -273,21 +275,22 @@ def test_build_objective_loads_lpips_and_builds_the_discriminator_only_with_gan(
     folder.mkdir()
     torch.save(seeded_vgg16_state(), folder / known("vgg16").filename)
     torch.save(seeded_heads_state(), folder / known("lpips-vgg").filename)
-    with_gan = build_objective(LossSettings(), "cpu", feature_dir=folder, seed=3)
+    lpips_only = LossSettings(perceptual="lpips").for_model(two_stage=True)
+    with_gan = build_objective(lpips_only, "cpu", feature_dir=folder, seed=3)
     assert isinstance(with_gan.trainable_discriminator(), NLayerDiscriminator)
     assert torch.equal(with_gan.discriminator.to_logits[2].weight, build_discriminator(seed=3).to_logits[2].weight)
     assert not any(k.startswith("perceptual") for k in with_gan.state_dict())
     assert all(not p.requires_grad for p in with_gan.perceptual.parameters())
     assert [w["file"] for w in with_gan.weights["lpips"]] == [known("vgg16").filename, known("lpips-vgg").filename]
     files = [folder / known("lpips-vgg").filename, folder / known("vgg16").filename]
-    no_gan = build_objective(LossSettings(discriminator_weight=0.0), "cpu", lpips_weights=files)
+    no_gan = build_objective(replace(lpips_only, discriminator_weight=0.0), "cpu", lpips_weights=files)
     assert no_gan.trainable_discriminator() is None and not no_gan.gan_active(10**9)
     x, y = batch(50, side=32), batch(51, side=32)
     a, b = no_gan.generator_loss(x, y, {}, 0)[1], with_gan.generator_loss(x, y, {}, 0)[1]
     assert a.pop("d_weight") == 0.0 and b.pop("d_weight") == 0.01
     assert a == b and a["perceptual_loss"] > 0  # same LPIPS whichever way its files were given
     with_gan.to(torch.float64)  # .to() reaches the perceptual net although it is not in state_dict
-    assert with_gan.perceptual.heads[0].model[1].weight.dtype == torch.float64
+    assert with_gan.perceptual.lpips.heads[0].model[1].weight.dtype == torch.float64
 
 
 # -- training crop --------------------------------------------------------------------------------

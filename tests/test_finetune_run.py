@@ -116,7 +116,7 @@ def test_training_the_encoder_side_changes_it_and_adds_its_loss_term(domain, tmp
 
 def test_the_perceptual_loss_trains_too(domain, tmp_path):
     result = finetune_tokenizer([domain["train"]], tmp_path / "run", str(SINGLE), settings=FinetuneSettings(
-        steps=2, **FAST), losses=LossSettings(perceptual_weight=1.1, discriminator_weight=0.0),
+        steps=2, **FAST), losses=LossSettings(perceptual="lpips", discriminator_weight=0.0),
         lpips_weights=domain["lpips"])  # fmt: skip
     assert result.last["step"] == 2 and np.isfinite(result.last["loss"])
 
@@ -161,7 +161,7 @@ def test_cli_warns_when_ids_change_prints_the_table_and_json(domain, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "token files written with the starting model no longer match" in res.stderr
     assert "PSNR (dB)" in res.stdout and "before" in res.stdout and "tokenizer -> " in res.stdout
-    assert "crops official; LPIPS off; discriminator off" in res.stderr + res.stdout
+    assert "crops official; perceptual loss off; discriminator off" in res.stderr + res.stdout
     res = titok(*base, "-o", str(tmp_path / "b"), "--json")
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)

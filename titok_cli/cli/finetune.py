@@ -44,14 +44,21 @@ def finetune(
     max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", metavar="N",
                                                  help="Gradient clipping; 0 turns it off.")] = 1.0,  # fmt: skip
     reconstruction: Annotated[str, typer.Option("--reconstruction", metavar="L", help="Pixel loss: l1 or l2.")] = "l2",
-    perceptual_weight: Annotated[float, typer.Option("--perceptual-weight", metavar="W",
-                                                     help="LPIPS loss weight; 0 turns it off.")] = 1.1,  # fmt: skip
+    perceptual: Annotated[str, typer.Option("--perceptual", metavar="NAME", help="Perceptual loss: lpips, convnext_s or "
+                                            "lpips-convnext_s (official names); auto: the model's official recipe "
+                                            "(convnext_s for two-stage models, lpips-convnext_s for single-stage).")] = "auto",
+    perceptual_weight: Annotated[float | None, typer.Option("--perceptual-weight", metavar="W", show_default=False,
+                                                            help="Perceptual loss weight; 0 turns it off [default: the "
+                                                            "official 0.1 for convnext_s, 1.1 for lpips-convnext_s, "
+                                                            "1.0 for lpips].")] = None,  # fmt: skip
     gan_weight: Annotated[float, typer.Option("--gan-weight", metavar="W", help="Discriminator loss weight; 0: "
                                               "no GAN.")] = 0.01,  # fmt: skip
     gan_start: Annotated[int, typer.Option("--gan-start", metavar="N", callback=at_least(0),
                                            help="Step at which the GAN loss starts.")] = 20000,  # fmt: skip
     lpips: Annotated[str | None, typer.Option("--lpips", metavar="DIR", help="Folder holding the LPIPS weights "
                                               "[default: the cache].")] = None,  # fmt: skip
+    convnext: Annotated[str | None, typer.Option("--convnext", metavar="PTH", help="torchvision's ConvNeXt-S weights "
+                                                 "(convnext_small-0c510722.pth) [default: the cache].")] = None,
     inception: Annotated[str | None, typer.Option("--inception", metavar="PTH", help="FID Inception weights: "
                                                   "adds rFID to the held-out metrics.")] = None,  # fmt: skip
     eval_every: Annotated[int | None, typer.Option("--eval-every", metavar="N", callback=at_least(1),
@@ -78,7 +85,6 @@ def finetune(
 
     Example:  titok finetune faces/ --heldout faces-val/ -o run/ --model titok-l32 --steps 5000
     """
-    from titok_cli.quality.weights import cache_dir
     from titok_cli.training.tokenizer_job import finetune_tokenizer
     from titok_cli.training.tokenizer_losses import LossSettings
     from titok_cli.training.tokenizer_settings import FinetuneSettings
@@ -88,7 +94,7 @@ def finetune(
                                 seed=seed, precision=precision, train=tuple(train_parts) if train_parts else None,
                                 device=device, checkpoint_every=checkpoint_every, keep_checkpoints=keep,
                                 eval_every=eval_every, deterministic=deterministic, crop_scale=crop_scale)  # fmt: skip
-    losses = LossSettings(reconstruction=reconstruction, perceptual_weight=perceptual_weight,
+    losses = LossSettings(reconstruction=reconstruction, perceptual=perceptual, perceptual_weight=perceptual_weight,
                           discriminator_weight=gan_weight, discriminator_start=gan_start)  # fmt: skip
     settings.check()
     losses.check()
@@ -105,9 +111,7 @@ def finetune(
                 tell(f"resuming at step {info['resumed_from']} of {info['steps']}")
             tell(f"{info['images']} images, global batch {info['global_batch']} on {info['world_size']} x "
                  f"{info['device']}; training {', '.join(info['trained'])}")  # fmt: skip
-            files = [w["file"] for w in info["lpips_weights"].get("lpips", [])]
-            where = lpips if lpips is not None else str(cache_dir())
-            tell(f"crops {info['crop']}; LPIPS " + (f"{' + '.join(files)} from {where}" if files else "off") +
+            tell(f"crops {info['crop']}; {_perceptual_line(info, lpips, convnext)}"
                  f"; discriminator {'new, from step ' + str(gan_start) if info['gan'] else 'off'}"
                  + (f" (--gan-start {gan_start} is past the last step)" if gan_weight and gan_start >= steps else ""))
 
@@ -116,7 +120,8 @@ def finetune(
             bar(m["step"])
 
         result = finetune_tokenizer(images, output, model, settings=settings, losses=losses, heldout=heldout,
-                                    lpips_weights=lpips, inception_weights=inception, on_start=started,
+                                    lpips_weights=lpips, inception_weights=inception, convnext_weights=convnext,
+                                    on_start=started,
                                     on_step=stepped)  # fmt: skip
     if result.rank != 0:
         return
@@ -126,6 +131,19 @@ def finetune(
     if result.before is not None and result.after is not None:
         _print_table(result.before, result.after, quiet)
     say(f"tokenizer -> {result.final}", quiet)
+
+
+def _perceptual_line(info: dict[str, Any], lpips: str | None, convnext: str | None) -> str:
+    """'perceptual convnext_s x 0.1 (convnext_small-0c510722.pth from DIR)': the loss and its files."""
+    from titok_cli.quality.weights import cache_dir
+
+    if info["perceptual"] is None:
+        return "perceptual loss off"
+    found = info["perceptual_files"]
+    where = {"lpips": lpips if lpips is not None else str(cache_dir()),
+             "convnext": str(Path(convnext).parent) if convnext is not None else str(cache_dir())}  # fmt: skip
+    files = "; ".join(f"{' + '.join(w['file'] for w in found[k])} from {where[k]}" for k in ("lpips", "convnext") if k in found)
+    return f"perceptual {info['perceptual']} x {info['perceptual_weight']:g} ({files})"
 
 
 def _print_table(before: dict[str, Any], after: dict[str, Any], quiet: bool) -> None:

@@ -51,6 +51,10 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
             "torchvision's VGG-16, the LPIPS trunk", "--lpips", sha256="397923af",
         ),
         KnownWeights(
+            "convnext-s", "convnext_small-0c510722.pth", "https://download.pytorch.org/models/convnext_small-0c510722.pth",
+            "torchvision's ConvNeXt-S, the official stage-2 perceptual network", "--convnext", sha256="0c510722",
+        ),
+        KnownWeights(
             "lpips-vgg", "lpips-v0.1-vgg.pth",
             "https://raw.githubusercontent.com/richzhang/PerceptualSimilarity/master/lpips/weights/v0.1/vgg.pth",
             "the LPIPS v0.1 linear heads for VGG, lpips's vgg.pth", "--lpips",

@@ -84,6 +84,7 @@ def finetune_tokenizer(
     heldout: Sequence[str | os.PathLike] | None = None,
     lpips_weights: str | os.PathLike | None = None,
     inception_weights: str | os.PathLike | None = None,
+    convnext_weights: str | os.PathLike | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> FinetuneResult:
@@ -91,8 +92,9 @@ def finetune_tokenizer(
     files or webdataset shards) with the losses `losses` (`tokenizer_losses.LossSettings`).
 
     `heldout` images are measured (PSNR, SSIM, LPIPS; rFID with `inception_weights`) at the start,
-    every `eval_every` steps and at the end. `lpips_weights`: a folder holding the LPIPS files
-    (default: the cache). Resumes when `run_dir` holds a checkpoint of the same run. `on_start(info)`
+    every `eval_every` steps and at the end. `lpips_weights`: a folder holding the LPIPS files,
+    `convnext_weights`: torchvision's ConvNeXt-S file (default: the cache); `losses.perceptual`
+    "auto" is the model's official recipe. Resumes when `run_dir` holds a checkpoint of the same run. `on_start(info)`
     and `on_step(metrics)` are called on rank 0. Under torchrun every rank calls this alike.
     """
     from .tokenizer_losses import LossSettings, build_objective
@@ -112,6 +114,7 @@ def finetune_tokenizer(
     device = pick_device(rank_device(settings.device))
     set_deterministic(settings.deterministic)
     tok, doc, weights = _start(model, device)
+    losses = losses.for_model(bool(tok.config.finetune_decoder))  # "auto" -> the official recipe
     parts = choose_parts(tok, settings.train)
     frozen = [p for p in parts_of(tok) if p not in parts]
     freeze_except(tok, parts)
@@ -124,7 +127,7 @@ def finetune_tokenizer(
     # a GAN that starts after the last step would only cost memory and checkpoint space: not built
     in_run = losses if losses.discriminator_start < settings.steps else replace(losses, discriminator_weight=0.0)
     objective = build_objective(in_run, device, lpips_weights=None if lpips_weights is None else str(lpips_weights),
-                                seed=settings.seed)  # fmt: skip
+                                seed=settings.seed, convnext_weights=convnext_weights)  # fmt: skip
     disc = objective.trainable_discriminator()
     betas = (settings.beta1, settings.beta2)
     optimizer = adamw(tok, settings.lr, betas, settings.weight_decay)
@@ -151,7 +154,8 @@ def finetune_tokenizer(
     info = {"images": len(data), "steps": settings.steps, "resumed_from": start, "world_size": world,
             "device": str(device), "global_batch": settings.batch_size, "micro_batch": micro, "trained": parts,
             "frozen": frozen, "ids_change": any(p in ID_CHANGING for p in parts), "gan": disc is not None,
-            "heldout": len(held.inputs) if held else 0, "lpips_weights": getattr(objective, "weights", {}),
+            "heldout": len(held.inputs) if held else 0, "perceptual": losses.perceptual if losses.uses_perceptual else None,
+            "perceptual_weight": losses.perceptual_weight, "perceptual_files": objective.weights,
             "crop": "official" if crop is None else f"random-resized {crop[0]:g}..1"}  # fmt: skip
     if rank == 0 and on_start is not None:
         on_start(info)

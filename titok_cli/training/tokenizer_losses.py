@@ -4,7 +4,7 @@ Follows `ReconstructionLoss_Stage2` / `ReconstructionLoss_Single_Stage` of byted
 (modeling/modules/losses.py). Generator step, all in float32 with images in [0, 1]:
 
   total = reconstruction_weight * l2 (or l1)(images, recon)          mean over every pixel
-        + perceptual_weight * LPIPS(images, recon).mean()
+        + perceptual_weight * perceptual(images, recon)                 see perceptual_loss.py
         + quantizer_weight * quantizer_loss                          VQ, when the encoder trains
         + kl_weight * mean_b KL_b                                    VAE, when the encoder trains
         + discriminator_weight * discriminator_factor * -mean(D(recon))   once step >= start
@@ -15,11 +15,10 @@ before): discriminator_factor * hinge(D(images), D(recon)) + lecam_weight * LeCA
 pulls each batch's mean real / fake logit towards the running (EMA, decay 0.999) mean of the
 other side, and the two running means are updated after use.
 
+The perceptual loss defaults to the model's official recipe ("auto"): ConvNeXt-S at 0.1 for
+the two-stage models (TiTok stage 2), LPIPS + 0.1 ConvNeXt-S for single-stage ones.
+
 Differences from the official, on purpose:
-- The perceptual term is LPIPS-VGG only (`titok_cli.quality.lpips`). The official single-stage
-  configs use "lpips-convnext_s-1.0-0.1" (LPIPS and a ConvNeXt-S feature distance averaged 1 : 0.1)
-  and the TiTok stage-2 configs ConvNeXt-S alone; ConvNeXt-S would need torchvision's weights.
-  The default perceptual_weight 1.1 is the single-stage configs' weight.
 - The VAE term leaves out the official `logvar`: it is a frozen 0 there, so dividing by exp(0) is a no-op.
 - Metrics are plain floats (one device sync per call), under the official names.
 """
@@ -30,7 +29,7 @@ import contextlib
 import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -38,18 +37,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UsageError
+from .perceptual_loss import DEFAULT_WEIGHTS, build_perceptual, check_name, official_recipe
 
 RECONSTRUCTION_LOSSES = ("l1", "l2")
 
 
 @dataclass(frozen=True)
 class LossSettings:
-    """Loss weights. Defaults: the official configs' (stage-2 GAN schedule and weights; LPIPS weight
-    1.1 and VQ/KL weights of the single-stage configs, which use LPIPS)."""
+    """Loss weights. Defaults: the official configs' (stage-2 GAN schedule and weights; VQ/KL
+    weights of the single-stage configs). `perceptual` "auto" and `perceptual_weight` None stand
+    for the model's official recipe: `for_model` fills them in."""
 
     reconstruction: str = "l2"  # "l1" | "l2"
     reconstruction_weight: float = 1.0
-    perceptual_weight: float = 1.1
+    perceptual: str = "auto"  # "auto" | "lpips" | "convnext_s" | "lpips-convnext_s" (perceptual_loss.py)
+    perceptual_weight: float | None = None  # None: the recipe's (perceptual_loss.DEFAULT_WEIGHTS)
     quantizer_weight: float = 1.0
     kl_weight: float = 1e-6
     discriminator_weight: float = 0.01  # 0 turns the GAN off entirely (no discriminator built)
@@ -65,8 +67,11 @@ class LossSettings:
         """UsageError for values no run can use (before anything is loaded)."""
         if self.reconstruction not in RECONSTRUCTION_LOSSES:
             raise UsageError(f"reconstruction loss {self.reconstruction!r} is not one of {', '.join(RECONSTRUCTION_LOSSES)}")
+        check_name(self.perceptual)
         for name in self.WEIGHTS:
             value = getattr(self, name)
+            if value is None and name == "perceptual_weight":
+                continue
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise UsageError(f"{name.replace('_', '-')} must be a finite number >= 0, got {value}")
         start = self.discriminator_start
@@ -74,6 +79,17 @@ class LossSettings:
             raise UsageError(f"discriminator-start must be a whole number of steps >= 0, got {start}")
         if not (isinstance(self.lecam_decay, (int, float)) and 0.0 <= self.lecam_decay <= 1.0):
             raise UsageError(f"lecam-decay must be in [0, 1], got {self.lecam_decay}")
+
+    def for_model(self, two_stage: bool) -> LossSettings:
+        """These settings with "auto" and a missing perceptual weight made the official recipe's
+        for a two-stage (stage-2 recipe) or single-stage tokenizer."""
+        name = official_recipe(two_stage) if self.perceptual == "auto" else self.perceptual
+        weight = DEFAULT_WEIGHTS[name] if self.perceptual_weight is None else self.perceptual_weight
+        return replace(self, perceptual=name, perceptual_weight=weight)
+
+    @property
+    def uses_perceptual(self) -> bool:
+        return self.perceptual_weight is None or self.perceptual_weight > 0
 
     @property
     def uses_gan(self) -> bool:
@@ -128,8 +144,10 @@ class TokenizerObjective(nn.Module):
     def __init__(self, settings: LossSettings, perceptual: nn.Module | None, discriminator: nn.Module | None) -> None:
         super().__init__()
         settings.check()
+        if settings.perceptual_weight is None or (settings.perceptual == "auto" and settings.perceptual_weight > 0):
+            raise ValueError("resolve the perceptual loss first (LossSettings.for_model)")
         if settings.perceptual_weight > 0 and perceptual is None:
-            raise ValueError("perceptual_weight > 0 needs a perceptual network (LPIPS)")
+            raise ValueError("perceptual_weight > 0 needs a perceptual network")
         if settings.uses_gan != (discriminator is not None):
             raise ValueError("a discriminator is needed exactly when the GAN is on (discriminator weight and factor > 0)")
         self.settings = settings
@@ -178,7 +196,7 @@ class TokenizerObjective(nn.Module):
             total = rec
             metrics: dict[str, Tensor | float] = {"reconstruction_loss": rec}
             if s.perceptual_weight > 0:
-                perceptual = s.perceptual_weight * self.perceptual(x, y).mean()  # LPIPS (B,) -> scalar
+                perceptual = s.perceptual_weight * self.perceptual(x, y).mean()  # (B,) or scalar -> scalar
                 total = total + perceptual
                 metrics["perceptual_loss"] = perceptual
             if "quantizer_loss" in extra:
@@ -246,20 +264,21 @@ def _lpips_paths(lpips_weights: str | os.PathLike | Sequence[str | os.PathLike] 
 
 def build_objective(settings: LossSettings, device: torch.device | str,
                     lpips_weights: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-                    feature_dir: str | os.PathLike | None = None, seed: int = 0) -> TokenizerObjective:  # fmt: skip
-    """The objective on `device`: LPIPS found as `titok eval recon --lpips` finds it (`lpips_weights`:
-    a folder holding both files or the two files; else `feature_dir` as such a folder; else the
-    cache `$HF_HOME/titok-cli`, downloaded once when online) and, only when the GAN is on, a fresh
-    discriminator initialised from `seed`. `objective.weights` names the LPIPS files used."""
-    from ..quality.feature_nets import load_feature_nets
+                    feature_dir: str | os.PathLike | None = None, seed: int = 0,
+                    convnext_weights: str | os.PathLike | None = None) -> TokenizerObjective:  # fmt: skip
+    """The objective on `device` for resolved settings (`for_model`): the perceptual networks found
+    as `titok eval recon` finds LPIPS (`lpips_weights`: a folder holding both files or the two
+    files; else `feature_dir` as such a folder; else the cache `$HF_HOME/titok-cli`, downloaded
+    once when online; ConvNeXt-S from `convnext_weights`, else the cache) and, only when the GAN
+    is on, a fresh discriminator initialised from `seed`. `objective.weights` names the files used."""
     from .discriminator import build_discriminator
 
     settings.check()
     weights: dict[str, Any] = {}
     perceptual = None
-    if settings.perceptual_weight > 0:
-        nets = load_feature_nets(device, lpips=True, fid=False, lpips_paths=_lpips_paths(lpips_weights, feature_dir))
-        perceptual, weights = nets.lpips, nets.weights
+    if settings.uses_perceptual and settings.perceptual != "auto":
+        perceptual, weights = build_perceptual(settings.perceptual, device, _lpips_paths(lpips_weights, feature_dir),
+                                               convnext_weights)  # fmt: skip
     discriminator = build_discriminator(seed) if settings.uses_gan else None
     objective = TokenizerObjective(settings, perceptual, discriminator).to(device)
     objective.weights = weights
