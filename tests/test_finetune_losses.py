@@ -60,7 +60,7 @@ def batch(seed: int, n: int = 2, side: int = 16) -> torch.Tensor:
 
 
 def objective(critic: bool = True, **changes) -> TokenizerObjective:
-    settings = LossSettings(perceptual_weight=0.0, **changes)
+    settings = LossSettings(perceptual_weight=0.0, **changes).for_model(two_stage=True)
     disc = LinearCritic() if settings.uses_gan and critic else None
     return TokenizerObjective(settings, None, disc)
 
@@ -78,9 +78,11 @@ def hinge(real: np.ndarray, fake: np.ndarray) -> float:
 
 
 def test_defaults_are_the_official_ones_and_checked():
-    s = LossSettings()
+    s, single = LossSettings().for_model(two_stage=True), LossSettings().for_model(two_stage=False)
     assert (s.reconstruction, s.discriminator_start, s.discriminator_weight, s.lecam_weight) == ("l2", 20000, 0.01, 0.001)
-    assert s.uses_gan and not LossSettings(discriminator_weight=0.0).uses_gan
+    assert (single.discriminator_start, single.discriminator_weight) == (200_000, 0.1)  # the single-stage recipe
+    assert LossSettings(discriminator_start=7).for_model(two_stage=False).discriminator_start == 7
+    assert s.uses_gan and LossSettings().uses_gan and not LossSettings(discriminator_weight=0.0).uses_gan
     for bad in ({"reconstruction": "l3"}, {"perceptual_weight": -1.0}, {"kl_weight": float("nan")},
                 {"discriminator_start": -5}, {"discriminator_start": 1.5}, {"lecam_decay": 1.5}):  # fmt: skip
         with pytest.raises(UsageError):
@@ -88,12 +90,14 @@ def test_defaults_are_the_official_ones_and_checked():
 
 
 def test_objective_refuses_missing_networks(lpips):
-    with pytest.raises(ValueError, match="perceptual"):
+    with pytest.raises(ValueError, match="resolve the recipe"):
         TokenizerObjective(LossSettings(), None, LinearCritic())
+    with pytest.raises(ValueError, match="perceptual"):
+        TokenizerObjective(LossSettings().for_model(True), None, LinearCritic())
     with pytest.raises(ValueError, match="discriminator"):
-        TokenizerObjective(LossSettings(perceptual_weight=0.0), None, None)
+        TokenizerObjective(LossSettings(perceptual_weight=0.0).for_model(True), None, None)
     with pytest.raises(ValueError, match="discriminator"):
-        TokenizerObjective(LossSettings(perceptual_weight=0.0, discriminator_weight=0.0), None, LinearCritic())
+        TokenizerObjective(LossSettings(perceptual_weight=0.0, discriminator_weight=0.0).for_model(True), None, LinearCritic())
 
 
 # -- generator loss -------------------------------------------------------------------------------
@@ -129,7 +133,8 @@ def test_quantizer_kl_and_gan_terms_add_up():
 
 def test_perceptual_term_is_weighted_lpips(lpips):
     x, y = batch(4, side=32), batch(5, side=32)
-    obj = TokenizerObjective(LossSettings(perceptual="lpips", perceptual_weight=1.1, discriminator_weight=0.0), lpips, None)
+    settings = LossSettings(perceptual="lpips", perceptual_weight=1.1, discriminator_weight=0.0).for_model(True)
+    obj = TokenizerObjective(settings, lpips, None)
     _, m = obj.generator_loss(x, y, {}, step=0)
     assert m["perceptual_loss"] == pytest.approx(1.1 * lpips(x, y).mean().item(), rel=1e-5)
     assert m["perceptual_loss"] > 0

@@ -208,3 +208,15 @@ def test_random_resized_crops_are_a_choice_and_part_of_the_run(domain, tmp_path)
                            settings=FinetuneSettings(steps=1, crop_scale=0.5, **FAST))  # fmt: skip
     with pytest.raises(UsageError, match="crop scale"):
         FinetuneSettings(crop_scale=1.5).check()
+
+
+@pytest.mark.parametrize("model, start", [(LEGACY, 20_000), (SINGLE, 200_000)])
+def test_the_gan_schedule_is_the_models_recipe(domain, tmp_path, model, start):
+    """Two-stage models get stage 2's discriminator (0.01 from step 20,000), single-stage ones the
+    single-stage recipe's (0.1 from step 200,000); the run records what it used."""
+    res = titok("finetune", str(domain["train"]), "-o", str(tmp_path / "run"), "--model", str(model), "--steps", "1",
+                "-b", "8", "--device", "cpu", "--perceptual-weight", "0")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert f"discriminator off (--gan-start {start} is past the last step)" in res.stdout + res.stderr
+    losses = json.loads((tmp_path / "run" / "final" / "config.json").read_text())["losses"]
+    assert (losses["discriminator_weight"], losses["discriminator_start"]) == ({20_000: 0.01, 200_000: 0.1}[start], start)

@@ -51,10 +51,12 @@ def finetune(
                                                             help="Perceptual loss weight; 0 turns it off [default: the "
                                                             "official 0.1 for convnext_s, 1.1 for lpips-convnext_s, "
                                                             "1.0 for lpips].")] = None,  # fmt: skip
-    gan_weight: Annotated[float, typer.Option("--gan-weight", metavar="W", help="Discriminator loss weight; 0: "
-                                              "no GAN.")] = 0.01,  # fmt: skip
-    gan_start: Annotated[int, typer.Option("--gan-start", metavar="N", callback=at_least(0),
-                                           help="Step at which the GAN loss starts.")] = 20000,  # fmt: skip
+    gan_weight: Annotated[float | None, typer.Option("--gan-weight", metavar="W", show_default=False,
+                                                     help="Discriminator loss weight; 0: no GAN [default: the "
+                                                     "official 0.01 for two-stage models, 0.1 for single-stage].")] = None,
+    gan_start: Annotated[int | None, typer.Option("--gan-start", metavar="N", callback=at_least(0), show_default=False,
+                                                  help="Step at which the GAN loss starts [default: the official "
+                                                  "20000 for two-stage models, 200000 for single-stage].")] = None,
     lpips: Annotated[str | None, typer.Option("--lpips", metavar="DIR", help="Folder holding the LPIPS weights "
                                               "[default: the cache].")] = None,  # fmt: skip
     convnext: Annotated[str | None, typer.Option("--convnext", metavar="PTH", help="torchvision's ConvNeXt-S weights "
@@ -112,8 +114,8 @@ def finetune(
             tell(f"{info['images']} images, global batch {info['global_batch']} on {info['world_size']} x "
                  f"{info['device']}; training {', '.join(info['trained'])}")  # fmt: skip
             tell(f"crops {info['crop']}; {_perceptual_line(info, lpips, convnext)}"
-                 f"; discriminator {'new, from step ' + str(gan_start) if info['gan'] else 'off'}"
-                 + (f" (--gan-start {gan_start} is past the last step)" if gan_weight and gan_start >= steps else ""))
+                 f"; discriminator {'new, from step ' + str(info['gan_start']) if info['gan'] else 'off'}"
+                 + (f" (--gan-start {info['gan_start']} is past the last step)" if info["gan_past_end"] else ""))
 
         def stepped(m: dict[str, Any]) -> None:
             bar.status(f"loss {m['loss']:.4f}")  # the loss parts: in metrics.jsonl

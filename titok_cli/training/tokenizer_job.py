@@ -156,6 +156,7 @@ def finetune_tokenizer(
             "frozen": frozen, "ids_change": any(p in ID_CHANGING for p in parts), "gan": disc is not None,
             "heldout": len(held.inputs) if held else 0, "perceptual": losses.perceptual if losses.uses_perceptual else None,
             "perceptual_weight": losses.perceptual_weight, "perceptual_files": objective.weights,
+            "gan_start": losses.discriminator_start, "gan_past_end": losses.uses_gan and in_run is not losses,
             "crop": "official" if crop is None else f"random-resized {crop[0]:g}..1"}  # fmt: skip
     if rank == 0 and on_start is not None:
         on_start(info)

@@ -15,8 +15,9 @@ before): discriminator_factor * hinge(D(images), D(recon)) + lecam_weight * LeCA
 pulls each batch's mean real / fake logit towards the running (EMA, decay 0.999) mean of the
 other side, and the two running means are updated after use.
 
-The perceptual loss defaults to the model's official recipe ("auto"): ConvNeXt-S at 0.1 for
-the two-stage models (TiTok stage 2), LPIPS + 0.1 ConvNeXt-S for single-stage ones.
+The defaults follow the model's official recipe: for the two-stage models (TiTok stage 2)
+ConvNeXt-S at 0.1 and the GAN at 0.01 from step 20,000; for single-stage ones LPIPS + 0.1
+ConvNeXt-S and the GAN at 0.1 from step 200,000.
 
 Differences from the official, on purpose:
 - The VAE term leaves out the official `logvar`: it is a frozen 0 there, so dividing by exp(0) is a no-op.
@@ -40,13 +41,16 @@ from ..errors import UsageError
 from .perceptual_loss import DEFAULT_WEIGHTS, build_perceptual, check_name, official_recipe
 
 RECONSTRUCTION_LOSSES = ("l1", "l2")
+# two_stage -> (discriminator weight, first step): configs/training/TiTok/stage2 (two-stage models)
+# and the single-stage recipes (configs/training/TA-TiTok)
+GAN_RECIPES = {True: (0.01, 20_000), False: (0.1, 200_000)}
 
 
 @dataclass(frozen=True)
 class LossSettings:
-    """Loss weights. Defaults: the official configs' (stage-2 GAN schedule and weights; VQ/KL
-    weights of the single-stage configs). `perceptual` "auto" and `perceptual_weight` None stand
-    for the model's official recipe: `for_model` fills them in."""
+    """Loss weights. Defaults: the official configs'. What depends on the recipe (`perceptual`
+    "auto", the perceptual weight, the GAN's weight and start, None) is filled in for the model by
+    `for_model`; the rest is common to both recipes (VQ/KL weights of the single-stage configs)."""
 
     reconstruction: str = "l2"  # "l1" | "l2"
     reconstruction_weight: float = 1.0
@@ -54,9 +58,9 @@ class LossSettings:
     perceptual_weight: float | None = None  # None: the recipe's (perceptual_loss.DEFAULT_WEIGHTS)
     quantizer_weight: float = 1.0
     kl_weight: float = 1e-6
-    discriminator_weight: float = 0.01  # 0 turns the GAN off entirely (no discriminator built)
+    discriminator_weight: float | None = None  # None: the recipe's (GAN_RECIPES); 0 turns the GAN off entirely
     discriminator_factor: float = 1.0
-    discriminator_start: int = 20000
+    discriminator_start: int | None = None  # None: the recipe's
     lecam_weight: float = 0.001
     lecam_decay: float = 0.999
 
@@ -70,22 +74,25 @@ class LossSettings:
         check_name(self.perceptual)
         for name in self.WEIGHTS:
             value = getattr(self, name)
-            if value is None and name == "perceptual_weight":
+            if value is None and name in ("perceptual_weight", "discriminator_weight"):
                 continue
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise UsageError(f"{name.replace('_', '-')} must be a finite number >= 0, got {value}")
         start = self.discriminator_start
-        if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+        if start is not None and (not isinstance(start, int) or isinstance(start, bool) or start < 0):
             raise UsageError(f"discriminator-start must be a whole number of steps >= 0, got {start}")
         if not (isinstance(self.lecam_decay, (int, float)) and 0.0 <= self.lecam_decay <= 1.0):
             raise UsageError(f"lecam-decay must be in [0, 1], got {self.lecam_decay}")
 
     def for_model(self, two_stage: bool) -> LossSettings:
-        """These settings with "auto" and a missing perceptual weight made the official recipe's
-        for a two-stage (stage-2 recipe) or single-stage tokenizer."""
+        """These settings with what they leave open ("auto", None) made the official recipe's for a
+        two-stage (TiTok stage 2) or single-stage tokenizer."""
         name = official_recipe(two_stage) if self.perceptual == "auto" else self.perceptual
         weight = DEFAULT_WEIGHTS[name] if self.perceptual_weight is None else self.perceptual_weight
-        return replace(self, perceptual=name, perceptual_weight=weight)
+        gan_weight, gan_start = GAN_RECIPES[two_stage]
+        return replace(self, perceptual=name, perceptual_weight=weight,
+                       discriminator_weight=gan_weight if self.discriminator_weight is None else self.discriminator_weight,
+                       discriminator_start=gan_start if self.discriminator_start is None else self.discriminator_start)
 
     @property
     def uses_perceptual(self) -> bool:
@@ -94,7 +101,7 @@ class LossSettings:
     @property
     def uses_gan(self) -> bool:
         """Whether a discriminator exists at all (the official adds the GAN term only when both are > 0)."""
-        return self.discriminator_weight > 0 and self.discriminator_factor > 0
+        return (self.discriminator_weight is None or self.discriminator_weight > 0) and self.discriminator_factor > 0
 
 
 def hinge_discriminator_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
@@ -144,8 +151,9 @@ class TokenizerObjective(nn.Module):
     def __init__(self, settings: LossSettings, perceptual: nn.Module | None, discriminator: nn.Module | None) -> None:
         super().__init__()
         settings.check()
-        if settings.perceptual_weight is None or (settings.perceptual == "auto" and settings.perceptual_weight > 0):
-            raise ValueError("resolve the perceptual loss first (LossSettings.for_model)")
+        if (settings.perceptual_weight is None or (settings.perceptual == "auto" and settings.perceptual_weight > 0)
+                or settings.discriminator_weight is None or settings.discriminator_start is None):
+            raise ValueError("resolve the recipe's perceptual loss and GAN settings first (LossSettings.for_model)")
         if settings.perceptual_weight > 0 and perceptual is None:
             raise ValueError("perceptual_weight > 0 needs a perceptual network")
         if settings.uses_gan != (discriminator is not None):
