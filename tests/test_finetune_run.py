@@ -220,3 +220,5 @@ def test_the_gan_schedule_is_the_models_recipe(domain, tmp_path, model, start):
     assert f"discriminator off (--gan-start {start} is past the last step)" in res.stdout + res.stderr
     losses = json.loads((tmp_path / "run" / "final" / "config.json").read_text())["losses"]
     assert (losses["discriminator_weight"], losses["discriminator_start"]) == ({20_000: 0.01, 200_000: 0.1}[start], start)
+    assert losses["perceptual_loss"] == ("convnext_s" if start == 20_000 else "lpips-convnext_s-1.0-0.1")  # official names
+    assert losses["lecam_regularization_weight"] == 0.001 and losses["reconstruction_loss"] == "l2"

@@ -62,7 +62,7 @@ def _official_config(doc: dict[str, Any], spec: str, weights: str, parts: list[s
     experiment.update(finetuned_from={"model": str(spec), "weights": weights}, trained_parts=parts,
                       frozen_parts=frozen, trained_with=f"titok-cli {__version__}")  # fmt: skip
     doc["experiment"] = experiment
-    doc["losses"] = asdict(losses)
+    doc["losses"] = losses.official_block()
     doc["optimizer"] = {"name": "adamw", "params": {"learning_rate": settings.lr, "beta1": settings.beta1,
                         "beta2": settings.beta2, "weight_decay": settings.weight_decay,
                         "discriminator_learning_rate": settings.discriminator_lr}}  # fmt: skip

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UsageError
-from .perceptual_loss import DEFAULT_WEIGHTS, build_perceptual, check_name, official_recipe
+from .perceptual_loss import DEFAULT_WEIGHTS, MIX, build_perceptual, check_name, official_recipe
 
 RECONSTRUCTION_LOSSES = ("l1", "l2")
 # two_stage -> (discriminator weight, first step): configs/training/TiTok/stage2 (two-stage models)
@@ -93,6 +93,17 @@ class LossSettings:
         return replace(self, perceptual=name, perceptual_weight=weight,
                        discriminator_weight=gan_weight if self.discriminator_weight is None else self.discriminator_weight,
                        discriminator_start=gan_start if self.discriminator_start is None else self.discriminator_start)
+
+    def official_block(self) -> dict[str, Any]:
+        """The `losses` block of an official training config holding these (resolved) settings,
+        under the official key names (what modeling/modules/losses.py reads)."""
+        name = "lpips-convnext_s-%.1f-%.1f" % MIX if self.perceptual == "lpips-convnext_s" else self.perceptual
+        return {"discriminator_start": self.discriminator_start, "quantizer_weight": self.quantizer_weight,
+                "discriminator_factor": self.discriminator_factor, "discriminator_weight": self.discriminator_weight,
+                "perceptual_loss": name, "perceptual_weight": self.perceptual_weight,
+                "reconstruction_loss": self.reconstruction, "reconstruction_weight": self.reconstruction_weight,
+                "lecam_regularization_weight": self.lecam_weight, "lecam_ema_decay": self.lecam_decay,
+                "kl_weight": self.kl_weight}  # fmt: skip
 
     @property
     def uses_perceptual(self) -> bool:
