@@ -11,6 +11,7 @@ batches as an uninterrupted run: results do not depend on where a run was stoppe
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,19 @@ def resume_point(scratch: Scratch, rank: int, world: int, total: int | None,
     return resumed_from
 
 
+def quiet_worker(_: int) -> None:
+    """DataLoader worker start: a connection cut by the main process's exit (Ctrl-C while a worker
+    hands it a batch's shared memory) ends that hand-over quietly instead of printing a traceback
+    from multiprocessing's fd-passing thread under the command's one-line message."""
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not issubclass(args.exc_type, (ConnectionError, EOFError)):
+            default(args)
+
+    threading.excepthook = hook
+
+
 def run_batches(scratch: Scratch, job: RankJob, device: torch.device, flush: Callable[[list[Item]], None]) -> None:
     """Feed this rank's remaining inputs to `flush` in batches of `job.batch_size`, then commit as done.
 
@@ -73,6 +87,7 @@ def run_batches(scratch: Scratch, job: RankJob, device: torch.device, flush: Cal
         num_workers=workers,
         pin_memory=device.type == "cuda",
         prefetch_factor=4 * batch_size // max(workers, 1) + 2 if workers else None,
+        worker_init_fn=quiet_worker if workers else None,
     )
     fail_fh = scratch.handles[FAILURES_FILE]
     rows = scratch.state["rows"]
