@@ -69,11 +69,15 @@ def test_a_worker_whose_hand_over_is_cut_by_ctrl_c_prints_nothing():
     multiprocessing's fd-passing thread in the worker then meets a reset connection (seen once in
     CI as a traceback under the one-line message). Workers start with `quiet_worker`, which drops
     exactly that kind of error and still prints any other thread's failure."""
-    code = ("import threading\nfrom titok_cli.rank_batches import quiet_worker\nquiet_worker(0)\n"
+    code = ("import sys, threading\nfrom titok_cli.rank_batches import quiet_worker\nquiet_worker(0)\n"
             "def cut(): raise ConnectionResetError(104, 'Connection reset by peer')\n"
             "def bug(): raise ValueError('a real bug')\n"
-            "for f in (cut, bug):\n    t = threading.Thread(target=f); t.start(); t.join()\n")  # fmt: skip
+            "def served(error):\n"  # how multiprocessing.resource_sharer._serve reports a failed hand-over
+            "    try:\n        raise error\n    except BaseException:\n        sys.excepthook(*sys.exc_info())\n"
+            "for f in (cut, bug, lambda: served(BrokenPipeError(32, 'Broken pipe')), lambda: served(KeyError('k'))):\n"
+            "    t = threading.Thread(target=f); t.start(); t.join()\n")  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert "ConnectionResetError" not in res.stderr and "ValueError: a real bug" in res.stderr
+    assert "ConnectionResetError" not in res.stderr and "BrokenPipeError" not in res.stderr
+    assert "ValueError: a real bug" in res.stderr and "KeyError: 'k'" in res.stderr

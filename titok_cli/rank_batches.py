@@ -11,10 +11,12 @@ batches as an uninterrupted run: results do not depend on where a run was stoppe
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -60,17 +62,26 @@ def resume_point(scratch: Scratch, rank: int, world: int, total: int | None,
     return resumed_from
 
 
+_CUT = (ConnectionError, EOFError)  # what a hand-over meets when the other side has exited
+
+
 def quiet_worker(_: int) -> None:
     """DataLoader worker start: a connection cut by the main process's exit (Ctrl-C while a worker
     hands it a batch's shared memory) ends that hand-over quietly instead of printing a traceback
-    from multiprocessing's fd-passing thread under the command's one-line message."""
-    default = threading.excepthook
+    under the command's one-line message. multiprocessing's fd-passing thread reports its errors
+    through `sys.excepthook` (resource_sharer._serve), other threads through `threading.excepthook`;
+    a worker's own failures reach the main process by the DataLoader, not through either hook."""
+    default_sys, default_thread = sys.excepthook, threading.excepthook
 
-    def hook(args: threading.ExceptHookArgs) -> None:
-        if not issubclass(args.exc_type, (ConnectionError, EOFError)):
-            default(args)
+    def sys_hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if not issubclass(kind, _CUT):
+            default_sys(kind, value, tb)
 
-    threading.excepthook = hook
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if not issubclass(args.exc_type, _CUT):
+            default_thread(args)
+
+    sys.excepthook, threading.excepthook = sys_hook, thread_hook
 
 
 def run_batches(scratch: Scratch, job: RankJob, device: torch.device, flush: Callable[[list[Item]], None]) -> None:
