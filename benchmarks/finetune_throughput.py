@@ -2,14 +2,16 @@
 
     python benchmarks/finetune_throughput.py                        # L-32, CPU, batch 2, fp32 + bf16
     python benchmarks/finetune_throughput.py --model titok-s128 --batch-size 4 --steps 8
+    python benchmarks/finetune_throughput.py --perceptual convnext_s  # the two-stage default loss
 
 Runs the real loop (`finetune_tokenizer` with its default parts: training crops, decoder-side
-forward and backward, L2 + LPIPS at 1.1, clipping, AdamW, EMA; the losses the recorded results were
-measured with, before ConvNeXt-S became the default perceptual loss) on random weights of the
+forward and backward, L2 + the perceptual loss, clipping, AdamW, EMA; `--perceptual lpips`, the
+default here, is LPIPS at 1.1 as first recorded, `--perceptual convnext_s` the two-stage models'
+official default, ConvNeXt-S at 0.1) on random weights of the
 registry architecture (speed does not depend on the values) and on synthetic 256x256 photos-sized
 noise images, once per precision; reports the median per-step rate after `--warmup` steps from
-metrics.jsonl. LPIPS uses seeded stand-in weights of the real shapes (no download). Writes
-benchmarks/results/finetune-<model>-<device>-<cpu-slug>.json with the machine recorded. The
+metrics.jsonl. LPIPS and ConvNeXt-S use seeded stand-in weights of the real shapes (no download). Writes
+benchmarks/results/finetune-<model>-<device>-<cpu-slug>[-<perceptual>].json with the machine recorded. The
 run's folders go to a temporary directory that is deleted.
 """
 
@@ -39,7 +41,24 @@ from titok_cli.training import FinetuneSettings, finetune_tokenizer  # noqa: E40
 from titok_cli.training.loop import MetricsLog  # noqa: E402
 from titok_cli.training.tokenizer_losses import LossSettings  # noqa: E402
 
-MEASURED_LOSSES = LossSettings(perceptual="lpips", perceptual_weight=1.1)
+PERCEPTUAL = ("lpips", "convnext_s", "lpips-convnext_s")
+
+
+def losses_for(perceptual: str) -> LossSettings:
+    """LPIPS at 1.1 (the first recorded results); the official names at the official weights."""
+    return LossSettings(perceptual="lpips", perceptual_weight=1.1) if perceptual == "lpips" else LossSettings(perceptual=perceptual)
+
+
+def convnext_stand_in(folder: Path) -> Path:
+    """ConvNeXt-S weights of the real shapes, seeded (its cost, not its values)."""
+    from titok_cli.quality.convnext import ConvNeXt
+    from titok_cli.quality.weights import known
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(2)
+    path = folder / known("convnext-s").filename
+    torch.save(ConvNeXt().state_dict(), path)
+    return path
 
 
 def random_checkpoint(folder: Path, name: str) -> Path:
@@ -84,6 +103,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
     p.add_argument("--precisions", default="float32,bf16")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--perceptual", default="lpips", choices=PERCEPTUAL,
+                   help="perceptual loss: lpips (at 1.1, as first recorded) or an official recipe's")
     p.add_argument("--shared", default="", help="a note on other load on the machine")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
@@ -91,14 +112,17 @@ def main() -> None:
     entry = registry.get(args.model)
     result = {"model": args.model, "parameters": entry.num_parameters, "batch_size": args.batch_size,
               "steps": args.steps, "warmup": args.warmup, "device": args.device,
-              "losses": "L2 + LPIPS-VGG (default; the GAN starts at step 20000)",
+              "losses": {"lpips": "L2 + LPIPS-VGG x 1.1", "convnext_s": "L2 + ConvNeXt-S x 0.1 (the two-stage default)",
+                         "lpips-convnext_s": "L2 + (LPIPS + 0.1 ConvNeXt-S)"}[args.perceptual]
+                        + "; no GAN within these steps",
               "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads(), "platform": platform.platform(),
                           "torch": torch.__version__,
                           "cuda": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "shared": args.shared,
               "runs": {}}  # fmt: skip
     slug = re.sub(r"[^a-z0-9]+", "-", f"{args.model}-{args.device}-{cpu_model()}".lower()).strip("-")
-    out = args.out or ROOT / "benchmarks" / "results" / f"finetune-{slug}.json"
+    tag = "" if args.perceptual == "lpips" else "-" + args.perceptual.replace("_", "")
+    out = args.out or ROOT / "benchmarks" / "results" / f"finetune-{slug}{tag}.json"
     precisions = args.precisions.split(",")
     if len(precisions) > 1:  # one process per precision: the CPU's peak memory (max RSS) is per process
         import subprocess
@@ -116,12 +140,14 @@ def main() -> None:
         model = random_checkpoint(Path(tmp) / "model", args.model)
         images = noise_images(Path(tmp) / "images", 4 * args.batch_size, entry.image_size)
         lpips = lpips_stand_in(Path(tmp) / "lpips")
+        convnext = convnext_stand_in(Path(tmp) / "convnext") if "convnext" in args.perceptual else None
         for precision in precisions:
             run = Path(tmp) / precision
             settings = FinetuneSettings(steps=args.steps, batch_size=args.batch_size, precision=precision,
                                         device=args.device, checkpoint_every=10**9, keep_checkpoints=1)  # fmt: skip
-            result_run = finetune_tokenizer([images], run, str(model), settings=settings, losses=MEASURED_LOSSES,
-                                            lpips_weights=str(lpips))  # fmt: skip
+            result_run = finetune_tokenizer([images], run, str(model), settings=settings,
+                                            losses=losses_for(args.perceptual), lpips_weights=str(lpips),
+                                            convnext_weights=convnext)  # fmt: skip
             rows = [r for r in MetricsLog.read(run / "metrics.jsonl") if "loss" in r][args.warmup :]
             result["runs"][precision] = {
                 "images_per_s": statistics.median(r["images_per_s"] for r in rows),
