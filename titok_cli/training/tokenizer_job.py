@@ -125,7 +125,8 @@ def finetune_tokenizer(
 
     ckpt_io.seed_everything(settings.seed)  # the same discriminator on every rank
     # a GAN that starts after the last step would only cost memory and checkpoint space: not built
-    in_run = losses if losses.discriminator_start < settings.steps else replace(losses, discriminator_weight=0.0)
+    past_end = losses.discriminator_start >= settings.steps
+    in_run = replace(losses, discriminator_weight=0.0) if past_end else losses
     objective = build_objective(in_run, device, lpips_weights=None if lpips_weights is None else str(lpips_weights),
                                 seed=settings.seed, convnext_weights=convnext_weights)  # fmt: skip
     disc = objective.trainable_discriminator()
@@ -156,7 +157,7 @@ def finetune_tokenizer(
             "frozen": frozen, "ids_change": any(p in ID_CHANGING for p in parts), "gan": disc is not None,
             "heldout": len(held.inputs) if held else 0, "perceptual": losses.perceptual if losses.uses_perceptual else None,
             "perceptual_weight": losses.perceptual_weight, "perceptual_files": objective.weights,
-            "gan_start": losses.discriminator_start, "gan_past_end": losses.uses_gan and in_run is not losses,
+            "gan_start": losses.discriminator_start, "gan_past_end": losses.uses_gan and past_end,
             "crop": "official" if crop is None else f"random-resized {crop[0]:g}..1"}  # fmt: skip
     if rank == 0 and on_start is not None:
         on_start(info)
