@@ -18,11 +18,7 @@ run's folders go to a temporary directory that is deleted.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
-import re
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -36,10 +32,9 @@ from PIL import Image  # noqa: E402
 
 from titok_cli import registry  # noqa: E402
 from titok_cli.models.tokenizer import TiTokTokenizer  # noqa: E402
-from titok_cli.perf import cpu_model  # noqa: E402
 from titok_cli.training import FinetuneSettings, finetune_tokenizer  # noqa: E402
-from titok_cli.training.loop import MetricsLog  # noqa: E402
 from titok_cli.training.tokenizer_losses import LossSettings  # noqa: E402
+from training_bench import record_run, result_path, run_record, summarize  # noqa: E402
 
 PERCEPTUAL = ("lpips", "convnext_s", "lpips-convnext_s")
 
@@ -115,14 +110,9 @@ def main() -> None:
               "losses": {"lpips": "L2 + LPIPS-VGG x 1.1", "convnext_s": "L2 + ConvNeXt-S x 0.1 (the two-stage default)",
                          "lpips-convnext_s": "L2 + (LPIPS + 0.1 ConvNeXt-S)"}[args.perceptual]
                         + "; no GAN within these steps",
-              "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads(), "platform": platform.platform(),
-                          "torch": torch.__version__,
-                          "cuda": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
-              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "shared": args.shared,
-              "runs": {}}  # fmt: skip
-    slug = re.sub(r"[^a-z0-9]+", "-", f"{args.model}-{args.device}-{cpu_model()}".lower()).strip("-")
+              **run_record(args.device, args.shared), "runs": {}}  # fmt: skip
     tag = "" if args.perceptual == "lpips" else "-" + args.perceptual.replace("_", "")
-    out = args.out or ROOT / "benchmarks" / "results" / f"finetune-{slug}{tag}.json"
+    out = args.out or result_path("finetune", args.model, args.device, tag)
     precisions = args.precisions.split(",")
     if len(precisions) > 1:  # one process per precision: the CPU's peak memory (max RSS) is per process
         import subprocess
@@ -148,17 +138,8 @@ def main() -> None:
             result_run = finetune_tokenizer([images], run, str(model), settings=settings,
                                             losses=losses_for(args.perceptual), lpips_weights=str(lpips),
                                             convnext_weights=convnext)  # fmt: skip
-            rows = [r for r in MetricsLog.read(run / "metrics.jsonl") if "loss" in r][args.warmup :]
-            result["runs"][precision] = {
-                "images_per_s": statistics.median(r["images_per_s"] for r in rows),
-                "steps_per_s": statistics.median(r["steps_per_s"] for r in rows),
-                "peak_memory_mb": max(r["memory_mb"] for r in rows),
-                "trained": result_run.trained,
-                "final_loss": rows[-1]["loss"],
-            }
-            print(precision, json.dumps(result["runs"][precision]), flush=True)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(result, indent=1) + "\n")
+            summary = {**summarize(run, args.warmup, "images_per_s"), "trained": result_run.trained}
+            record_run(out, result, precision, summary)
     print(f"-> {out}")
 
 

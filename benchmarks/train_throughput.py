@@ -13,11 +13,6 @@ The run's final checkpoint and Hub folder go to a temporary folder that is delet
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import platform
-import re
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -26,14 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from titok_cli.config import generator_config_from_dict  # noqa: E402
-from titok_cli.perf import cpu_model  # noqa: E402
 from titok_cli.token_writers import save_tokens  # noqa: E402
 from titok_cli.training import TrainSettings, train_generator  # noqa: E402
 from titok_cli.training.generator_job import generator_spec  # noqa: E402
-from titok_cli.training.loop import MetricsLog  # noqa: E402
+from training_bench import record_run, result_path, run_record, summarize  # noqa: E402
 
 
 def synthetic_tokens(folder: Path, cfg, rows: int) -> Path:
@@ -62,13 +55,8 @@ def main() -> None:
         "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
         "codebook_size", "image_seq_len")},  # fmt: skip
         "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "device": args.device,
-        "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads(), "platform": platform.platform(),
-                    "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if args.device.startswith("cuda")
-                    else None},
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "shared": args.shared,
-        "runs": {}}  # fmt: skip
-    slug = re.sub(r"[^a-z0-9]+", "-", f"{Path(str(args.generator)).stem}-{args.device}-{cpu_model()}".lower()).strip("-")
-    out = args.out or ROOT / "benchmarks" / "results" / f"train-{slug}.json"
+        **run_record(args.device, args.shared), "runs": {}}  # fmt: skip
+    out = args.out or result_path("train", Path(str(args.generator)).stem, args.device)
     with tempfile.TemporaryDirectory(prefix="titok-train-bench-") as tmp:
         tokens = synthetic_tokens(Path(tmp), cfg, rows=4 * args.batch_size)
         for precision in args.precisions.split(","):
@@ -76,16 +64,7 @@ def main() -> None:
             settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, precision=precision,
                                      device=args.device, checkpoint_every=10**9, keep_checkpoints=1)  # fmt: skip
             train_generator([tokens], run, args.generator, settings=settings)
-            rows = MetricsLog.read(run / "metrics.jsonl")[args.warmup :]
-            result["runs"][precision] = {
-                "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows),
-                "steps_per_s": statistics.median(r["steps_per_s"] for r in rows),
-                "peak_memory_mb": max(r["memory_mb"] for r in rows),
-                "final_loss": rows[-1]["loss"],
-            }
-            print(precision, json.dumps(result["runs"][precision]), flush=True)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(result, indent=1) + "\n")
+            record_run(out, result, precision, summarize(run, args.warmup, "tokens_per_s"))
     print(f"-> {out}")
 
 
